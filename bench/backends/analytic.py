@@ -1,0 +1,142 @@
+"""The analytic backend: the Gaussian-mixture world as an exact reference diffusion model.
+
+The reference has no weights to copy, so "initialise from the reference" means what it means for a real
+teacher, in function space: the generator is the reference's one-step denoiser at t_init plus a learned
+residual that starts at zero, and the fake score is the reference score plus a learned residual that starts
+at zero (a copy of the teacher).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from bench.analytic.mixture import GaussianMixture
+from bench.analytic.pictures import captions, component_means
+from bench.diffusion import VPSchedule, broadcast
+from bench.eval.analytic import optimum_summary, world_metrics
+from bench.rewards.analytic import ANALYTIC_REWARDS
+
+CAPTION_FEATURES = 64
+TIME_FREQUENCIES = 32
+
+
+class ResidualMLP(nn.Module):
+    """[x, caption embedding, (time features)] -> correction of x's shape; zero at initialisation."""
+
+    def __init__(self, dim: int, captions: int, hidden: int, timed: bool):
+        super().__init__()
+        self.timed = timed
+        self.caption = nn.Embedding(captions, CAPTION_FEATURES)
+        width = dim + CAPTION_FEATURES + (2 * TIME_FREQUENCIES if timed else 0)
+        self.net = nn.Sequential(
+            nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim)
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: Tensor, cond: Tensor, t: Tensor | None = None) -> Tensor:
+        parts = [x.flatten(1), self.caption(cond)]
+        if self.timed:
+            freqs = torch.exp(torch.linspace(0, math.log(1000), TIME_FREQUENCIES, device=x.device))
+            angles = t.reshape(-1, 1) * freqs
+            parts += [angles.sin(), angles.cos()]
+        return self.net(torch.cat(parts, 1)).reshape(x.shape)
+
+
+class Generator(nn.Module):
+    """x0 = D_ref(z; t_init, c) + residual(z, c): the reference's one-step denoiser, then learned."""
+
+    def __init__(self, reference: GaussianMixture, schedule: VPSchedule, t_init: float, shape, hidden: int):
+        super().__init__()
+        self.reference = reference
+        alpha, sigma = schedule.alpha_sigma(torch.tensor([t_init]))
+        self.register_buffer("alpha", alpha)
+        self.register_buffer("sigma", sigma)
+        self.residual = ResidualMLP(math.prod(shape), reference.means.shape[0], hidden, timed=False)
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        ones = torch.ones(len(z), device=z.device)
+        with torch.no_grad():
+            base = self.reference.denoise(z, self.alpha * ones, self.sigma * ones, cond)
+        return base + self.residual(z, cond)
+
+
+class FakeScore(nn.Module):
+    """eps-prediction: the reference's eps plus a learned residual, i.e. a copy of the teacher to start."""
+
+    def __init__(self, reference: GaussianMixture, shape, hidden: int):
+        super().__init__()
+        self.reference = reference
+        self.residual = ResidualMLP(math.prod(shape), reference.means.shape[0], hidden, timed=True)
+
+    def forward(self, x_t: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor) -> Tensor:
+        eps_ref = -broadcast(sigma, x_t) * self.reference.score(x_t, alpha, sigma, cond)
+        return eps_ref + self.residual(x_t, cond, t)
+
+
+class AnalyticBackend:
+    def __init__(self, cfg, device: torch.device):
+        world = cfg.world
+        self.device = device
+        self.shape = (3, world.image_size, world.image_size)
+        self.captions = captions(world.prompts)
+        means = component_means(self.captions, world.components, world.image_size)
+        log_weights = torch.full((world.prompts, world.components), -math.log(world.components))
+        self.reference = GaussianMixture(means, log_weights, world.s0**2)
+        self.schedule = VPSchedule()
+        self.reward = ANALYTIC_REWARDS[cfg.reward](world.image_size)
+        form = self.reward.quadratic_form()
+        self.optimum = None if form is None else self.reference.tilt(*form, cfg.method.alpha_rew)
+        self.generator = Generator(self.reference, self.schedule, world.t_init, self.shape, world.hidden)
+        self.fake = FakeScore(self.reference, self.shape, world.hidden)
+
+    def sample_inputs(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Generator noise z and caption ids for a batch."""
+        cond = torch.randint(len(self.captions), (n,), generator=generator)
+        return torch.randn((n, *self.shape), generator=generator), cond
+
+    def ref_score(self, x: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
+        return self.reference.score(x, alpha, sigma, cond)
+
+    def fake_eps(self, x_t, t, alpha, sigma, cond) -> Tensor:
+        return self.fake(x_t, t, alpha, sigma, cond)
+
+    def eval_inputs(self, total: int, seed: int) -> tuple[Tensor, Tensor]:
+        """The fixed evaluation set: the same noise and captions at every evaluation of every run."""
+        per_caption = max(2, total // len(self.captions))
+        cond = torch.arange(len(self.captions)).repeat_interleave(per_caption)
+        z = torch.randn((len(cond), *self.shape), generator=torch.Generator().manual_seed(seed))
+        return z, cond
+
+    @torch.no_grad()
+    def evaluate(self, generator: nn.Module, total: int, seed: int) -> dict[str, float]:
+        z, cond = self.eval_inputs(total, seed)
+        x = generator(z, cond)
+        rng = torch.Generator().manual_seed(seed + 1)
+        return world_metrics(x, cond, self.reference, self.reward, self.optimum, rng)
+
+    @torch.no_grad()
+    def describe_optimum(self, total: int, seed: int) -> dict[str, float] | None:
+        if self.optimum is None:
+            return None
+        _, cond = self.eval_inputs(total, seed)
+        rng = torch.Generator().manual_seed(seed + 2)
+        return optimum_summary(self.optimum, self.reference, self.reward, cond, rng)
+
+    @torch.no_grad()
+    def save_grid(self, generator: nn.Module, path: Path, per_caption: int = 8, scale: int = 4) -> None:
+        """Rows are captions, columns samples from the fixed evaluation noise; pixels enlarged for viewing."""
+        from PIL import Image
+
+        z, cond = self.eval_inputs(per_caption * len(self.captions), seed=0)
+        x = generator(z, cond).clamp(-1, 1)
+        rows, side = len(self.captions), self.shape[-1]
+        grid = x.reshape(rows, per_caption, 3, side, side).permute(0, 3, 1, 4, 2)
+        grid = grid.reshape(rows * side, per_caption * side, 3)
+        pixels = ((grid + 1) * 127.5).round().to(torch.uint8).numpy()
+        image = Image.fromarray(pixels).resize((per_caption * side * scale, rows * side * scale), Image.NEAREST)
+        image.save(path)

@@ -1,0 +1,213 @@
+"""`bench`: the command line. Heavy imports happen inside commands so that help answers at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from bench.errors import UsageError, did_you_mean
+
+USAGE = """usage: bench <command> [key=value ...]
+
+Commands:
+  run        train a one-step generator with an alignment method    bench run method=di_star
+  runs       list stored runs, or show one                          bench runs list | bench runs show ID
+
+Every command takes results.dir=PATH (or the environment variable BENCH_RESULTS) to pick the results store.
+`bench COMMAND --help` explains a command and lists its keys."""
+
+RESUME_KEYS = ("resume", "results.dir", "device")
+REPORTED = ("reward", "nll_ref", "coverage", "precision", "fd_ref", "mmd_ref", "fd_star", "mmd_star")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    commands = {"run": cmd_run, "runs": cmd_runs}
+    name, args = argv[0], argv[1:]
+    try:
+        if name not in commands:
+            raise UsageError(f"unknown command '{name}'{did_you_mean(name, commands)}")
+        return commands[name](args)
+    except UsageError as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+def wants_help(args: list[str]) -> bool:
+    return any(a in ("-h", "--help") for a in args)
+
+
+def store_from(args: list[str]):
+    """The results store named by results.dir=PATH among `args`, and the remaining arguments."""
+    from bench.store import Store, default_root
+
+    root, rest = default_root(), []
+    for arg in args:
+        if arg.startswith("results.dir="):
+            root = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+    return Store(root), rest
+
+
+# -- bench run --------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: list[str]) -> int:
+    from bench.config import build_config, help_text, split_overrides
+
+    if wants_help(args):
+        method = next((a.partition("=")[2] for a in args if a.startswith("method=")), "di_star")
+        print(help_text(method))
+        return 0
+    cfg = build_config(args)
+    from bench.config import config_from_dict
+    from bench.store import Store
+
+    store = Store(cfg.results.dir)
+    if cfg.resume:
+        extra = [key for key, _ in split_overrides(args) if key not in RESUME_KEYS]
+        if extra:
+            raise UsageError(
+                f"resume={cfg.resume} continues a run with its saved configuration, so {', '.join(extra)} "
+                "cannot change; drop them, or start a new run without resume="
+            )
+        run = store.latest() if cfg.resume == "latest" else store.get(cfg.resume)
+        if run.info["status"] == "finished":
+            raise UsageError(f"run {run.id} has already finished; nothing to resume")
+        device = cfg.device
+        cfg = config_from_dict(run.config)
+        cfg.results.dir, cfg.device = str(store.root), device
+        check_device(cfg)
+        run.update(status="running", message="")
+    else:
+        check_device(cfg)
+        run = store.create(cfg.to_dict())
+    return train_run(cfg, run)
+
+
+def check_device(cfg) -> None:
+    import re
+
+    import torch
+
+    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", cfg.device):
+        raise UsageError(f"device={cfg.device} is not a torch device; use cpu, cuda, cuda:N or auto")
+    if cfg.device == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() and cfg.backend != "analytic" else "cpu"
+    if cfg.backend == "analytic" and cfg.device != "cpu":
+        raise UsageError("the analytic world runs on the CPU; use device=cpu (or device=auto)")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device={cfg.device} but CUDA is not available on this machine; use device=cpu")
+
+
+def train_run(cfg, run) -> int:
+    from bench.train.trainer import Diverged, Trainer
+
+    # A progress bar on a terminal; in logs (CI, cluster jobs) only when asked for with BENCH_PROGRESS=1.
+    trainer = Trainer(cfg, run, progress=sys.stderr.isatty() or os.environ.get("BENCH_PROGRESS") == "1")
+    try:
+        summary = trainer.fit()
+    except Diverged as err:
+        run.fail(str(err))
+        print(f"bench: run {run.id} failed: {err}\n  folder: {run.dir}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        run.fail(f"interrupted at step {trainer.step}")
+        print(f"\nbench: run {run.id} interrupted; continue it with: bench run resume={run.id}", file=sys.stderr)
+        return 130
+    run.finish(summary)
+    print(report(summary, run))
+    return 0
+
+
+def report(summary: dict, run) -> str:
+    lines = [f"run {run.id} finished: {summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['method']}, "
+             f"reward {summary['reward']})"]
+    optimum = summary.get("optimum") or {}
+    lines.append(f"  {'metric':<10}{'start':>10}{'end':>10}{'optimum p*':>12}")
+    for key in REPORTED:
+        if key in summary["metrics"]:
+            target = f"{optimum[key]:>12.4g}" if key in optimum else ""
+            lines.append(f"  {key:<10}{summary['initial'][key]:>10.4g}{summary['metrics'][key]:>10.4g}{target}")
+    lines.append(f"  folder: {run.dir}")
+    return "\n".join(lines)
+
+
+# -- bench runs -------------------------------------------------------------------------------------------
+
+
+RUNS_USAGE = """usage: bench runs list [--json] [status=S] [method=M] [results.dir=PATH]
+       bench runs show RUN_ID [--json] [results.dir=PATH]"""
+
+
+def cmd_runs(args: list[str]) -> int:
+    if wants_help(args) or not args:
+        print(RUNS_USAGE)
+        return 0
+    store, args = store_from(args)
+    as_json = "--json" in args
+    args = [a for a in args if a != "--json"]
+    action, rest = args[0], args[1:]
+    if action == "list":
+        filters = {}
+        for arg in rest:
+            key, sep, value = arg.partition("=")
+            if not sep or key not in ("status", "method", "backend", "study"):
+                raise UsageError(f"bench runs list takes status=, method=, backend= or study=, got '{arg}'")
+            filters[key] = value
+        where = " AND ".join(f"{key} = ?" for key in filters)
+        rows = store.rows(f"WHERE {where}" if where else "", tuple(filters.values()))
+        for row in rows:
+            row["config"] = json.loads(row["config"])
+            row["summary"] = json.loads(row["summary"]) if row["summary"] else None
+        print(json.dumps(rows, indent=2) if as_json else runs_table(rows))
+        return 0
+    if action == "show":
+        if len(rest) != 1:
+            raise UsageError("bench runs show takes one run id (bench runs list shows them)")
+        run = store.get(rest[0])
+        data = {"info": run.info, "config": run.config, "summary": run.summary}
+        if as_json:
+            print(json.dumps(data, indent=2))
+        else:
+            print(show_run(data))
+        return 0
+    raise UsageError(f"unknown action 'runs {action}'{did_you_mean(action, ['list', 'show'])}")
+
+
+def runs_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no runs yet: start one with bench run"
+    lines = [f"{'id':<36}{'status':<10}{'method':<10}{'reward':<14}{'steps':>7}{'final reward':>14}{'coverage':>10}"]
+    for row in rows:
+        metrics = (row["summary"] or {}).get("metrics", {})
+        final = f"{metrics['reward']:.4g}" if "reward" in metrics else "-"
+        coverage = f"{metrics['coverage']:.2f}" if "coverage" in metrics else "-"
+        steps = row["config"]["train"]["steps"]
+        lines.append(f"{row['id']:<36}{row['status']:<10}{row['method']:<10}{row['reward']:<14}{steps:>7}"
+                     f"{final:>14}{coverage:>10}")
+    return "\n".join(lines)
+
+
+def show_run(data: dict) -> str:
+    info, summary = data["info"], data["summary"]
+    lines = [f"run {info['id']}  status {info['status']}  created {info['created']}"]
+    if info.get("message"):
+        lines.append(f"  message: {info['message']}")
+    lines.append("config:")
+    for section, values in data["config"].items():
+        if isinstance(values, dict):
+            lines.append(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        else:
+            lines.append(f"  {section}: {values}")
+    if summary:
+        lines.append("metrics (start -> end):")
+        for key, value in summary["metrics"].items():
+            lines.append(f"  {key:<10}{summary['initial'][key]:>12.4g} -> {value:.4g}")
+    return "\n".join(lines)
+

@@ -1,0 +1,241 @@
+"""Typed run configuration: dataclass schema, `key=value` overrides with dotted keys, YAML presets.
+
+Every field is declared with `param(default, help, bounds...)`, so one declaration gives the default, the type
+checked on override, the valid range and the line in `bench run --help`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from bench.errors import UsageError, did_you_mean
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def param(default, help: str, *, ge=None, gt=None, le=None, lt=None, choices=None):
+    """A config field with its documentation and its valid range."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = param(1200, "generator updates", ge=1)
+    batch_size: int = param(128, "samples per generator and per fake-score update", ge=1)
+    lr_gen: float = param(1e-3, "Adam learning rate of the generator", gt=0)
+    lr_fake: float = param(1e-3, "Adam learning rate of the fake-score network", gt=0)
+    beta1: float = param(0.0, "Adam beta1 (0 as in the runnable relatives)", ge=0, lt=1)
+    beta2: float = param(0.999, "Adam beta2", ge=0, lt=1)
+    grad_clip: float = param(1.0, "max gradient norm per update (0 disables clipping)", ge=0)
+    ema: float = param(0.99, "EMA decay of the generator used for evaluation (0 disables)", ge=0, lt=1)
+    log_every: int = param(10, "steps between training log lines", ge=1)
+    eval_every: int = param(400, "steps between evaluations on the fixed seed set (0: only at start and end)",
+                            ge=0)
+    ckpt_every: int = param(200, "steps between checkpoints (the last step is always saved)", ge=1)
+
+
+@dataclass
+class WorldConfig:
+    image_size: int = param(8, "side of the analytic world's images (3 x N x N pixels)", ge=2, le=64)
+    prompts: int = param(8, "number of captions in the analytic world", ge=1, le=16)
+    components: int = param(4, "mixture components per caption", ge=1, le=8)
+    s0: float = param(0.1, "standard deviation of every mixture component", gt=0, le=1)
+    t_init: float = param(0.25, "time at which the reference denoiser initialises the one-step generator",
+                          gt=0, lt=1)
+    hidden: int = param(256, "hidden width of the generator and fake-score networks", ge=8)
+
+
+@dataclass
+class EvalConfig:
+    samples: int = param(1024, "generator samples per evaluation, split evenly over captions", ge=16)
+    seed: int = param(1234, "seed of the fixed evaluation noise (the same at every evaluation)")
+    grid: bool = param(True, "save a PNG grid of samples at each evaluation")
+
+
+@dataclass
+class ResultsConfig:
+    dir: str = param("results", "results store folder (or set BENCH_RESULTS)")
+
+
+@dataclass
+class RunConfig:
+    method: Any = param(None, "alignment method: a registered name or module:Class")
+    backend: str = param("analytic", "reference model family", choices=("analytic",))
+    reward: str = param("linear", "reward to maximise", choices=("linear", "quadratic", "colorfulness"))
+    seed: int = param(0, "seed of initialisation and training noise")
+    device: str = param("cpu", "torch device: cpu, cuda, cuda:N or auto")
+    name: str = param("", "optional label stored with the run")
+    resume: str = param("", "continue a run: 'latest' or a run id (its saved configuration is used)")
+    train: TrainConfig = field(default_factory=TrainConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "method":
+                out[f.name] = {"name": value.name, **dataclasses.asdict(value)}
+            elif dataclasses.is_dataclass(value):
+                out[f.name] = dataclasses.asdict(value)
+            else:
+                out[f.name] = value
+        return out
+
+
+DEFAULT_METHOD = "di_star"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def split_overrides(args: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    seen = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise UsageError(f"expected key=value, got '{arg}' (for example: train.steps=500)")
+        if key in seen and seen[key] != value:
+            raise UsageError(f"'{key}' is given twice ({seen[key]} and {value}); keep one")
+        seen[key] = value
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def parse_value(key: str, text: str, kind: type, meta: dict):
+    """Convert `text` to `kind` and check the declared range; the message names the key and the fix."""
+    try:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            value = lowered in ("true", "1", "yes")
+        elif kind is int:
+            value = int(text)
+        elif kind is float:
+            value = float(text)
+            if not math.isfinite(value):
+                raise UsageError(f"{key} must be a finite number, got '{text}'")
+        else:
+            value = text
+    except ValueError:
+        names = {bool: "true or false", int: "an integer", float: "a number"}
+        raise UsageError(f"{key} expects {names[kind]}, got '{text}'") from None
+    check_value(key, value, meta)
+    return value
+
+
+def check_value(key: str, value, meta: dict) -> None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise UsageError(f"{key}={value} is not valid{did_you_mean(str(value), choices)}")
+    for bound, ok, words in (
+        ("ge", lambda v, b: v >= b, "at least"),
+        ("gt", lambda v, b: v > b, "greater than"),
+        ("le", lambda v, b: v <= b, "at most"),
+        ("lt", lambda v, b: v < b, "less than"),
+    ):
+        limit = meta.get(bound)
+        if limit is not None and not ok(value, limit):
+            raise UsageError(f"{key} must be {words} {limit}, got {value}")
+
+
+def leaf_fields(obj, prefix: str = ""):
+    """(dotted key, owner object, field, type) for every settable field below `obj`."""
+    hints = get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if f.name == "method" and prefix == "":
+            method = obj.method
+            yield from leaf_fields(method, "method.")
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from leaf_fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", obj, f, hints[f.name]
+
+
+def load_preset(name: str) -> list[tuple[str, str]]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = [p.stem for p in PRESET_DIR.glob("*.yaml")]
+        raise UsageError(f"unknown preset '{name}'{did_you_mean(name, names)}")
+    data = yaml.safe_load(path.read_text()) or {}
+    return [(key, str(value)) for key, value in flatten(data).items()]
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def build_config(args: list[str], *, allow=()) -> RunConfig:
+    """Resolve defaults < preset < command line into a validated RunConfig.
+
+    `allow` names extra keys (such as `preset`) that callers handle; they are ignored here.
+    """
+    from bench.method import load_method
+
+    pairs = split_overrides(args)
+    preset = [value for key, value in pairs if key == "preset"]
+    ordered = (load_preset(preset[0]) if preset else []) + [(k, v) for k, v in pairs if k != "preset"]
+    method_name = DEFAULT_METHOD
+    for key, value in ordered:
+        if key in ("method", "method.name"):
+            method_name = value
+    cfg = RunConfig(method=load_method(method_name)())
+    cfg.results.dir = os.environ.get("BENCH_RESULTS", cfg.results.dir)
+
+    fields = {key: (owner, f, kind) for key, owner, f, kind in leaf_fields(cfg)}
+    for key, value in ordered:
+        if key in ("method", "method.name", *allow):
+            continue
+        if key not in fields:
+            raise UsageError(f"unknown key '{key}'{did_you_mean(key, fields)} (see bench run --help)")
+        owner, f, kind = fields[key]
+        setattr(owner, f.name, parse_value(key, value, kind, f.metadata))
+    cfg.method.validate()
+    return cfg
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Rebuild a RunConfig saved with a run (resume, sweeps)."""
+    args = [f"{key}={value}" for key, value in flatten(data).items() if key != "method.name"]
+    return build_config([f"method={data['method']['name']}", *args])
+
+
+def help_text(method_name: str = DEFAULT_METHOD) -> str:
+    from bench.method import available_methods, load_method
+
+    cfg = RunConfig(method=load_method(method_name)())
+    lines = [
+        "usage: bench run [key=value ...]",
+        "",
+        "Train a one-step generator against a reference model and store the run.",
+        f"Methods: {', '.join(available_methods())} (method=NAME; bench run method=NAME --help for its keys).",
+        f"Presets: {', '.join(sorted(p.stem for p in PRESET_DIR.glob('*.yaml')))} (preset=NAME).",
+        "",
+    ]
+    width = max(len(key) for key, *_ in leaf_fields(cfg)) + 2
+    lines.append(f"  {'method':<{width}}{method_name:<12}{RunConfig.__dataclass_fields__['method'].metadata['help']}")
+    for key, owner, f, _ in leaf_fields(cfg):
+        default = getattr(owner, f.name)
+        shown = "''" if default == "" else str(default)
+        lines.append(f"  {key:<{width}}{shown:<12}{f.metadata.get('help', '')}")
+    return "\n".join(lines)

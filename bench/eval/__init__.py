@@ -1,0 +1,1 @@
+"""Evaluation: metrics and scorers whose protocol is recorded with every number."""

@@ -1,0 +1,1 @@
+"""Rewards: differentiable `reward(images, cond) -> Tensor[B]` with a `name` and a `version`."""

@@ -1,0 +1,162 @@
+"""Runs on disk and their SQLite index.
+
+    <root>/runs/<id>/config.yaml      resolved configuration
+                     run.json         id, status, times, message, study link
+                     metrics.jsonl    training and evaluation records, one JSON object a line
+                     checkpoints/latest.pt
+                     samples/step_NNNNNN.png
+                     summary.json     final metrics with provenance
+    <root>/index.sqlite               one row a run, for listings, sweeps and the leaderboard
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+import yaml
+
+from bench.errors import UsageError
+from bench.store.files import atomic_write_bytes, atomic_write_json, read_jsonl
+
+STATUSES = ("running", "finished", "failed")
+COLUMNS = ("id", "created", "updated", "status", "method", "backend", "reward", "name", "seed", "study",
+           "trial", "message", "config", "summary")
+
+
+def default_root() -> str:
+    return os.environ.get("BENCH_RESULTS", "results")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class Run:
+    def __init__(self, store: Store, run_id: str):
+        self.store = store
+        self.id = run_id
+        self.dir = store.runs_dir / run_id
+
+    @property
+    def info(self) -> dict:
+        return json.loads((self.dir / "run.json").read_text())
+
+    @property
+    def config(self) -> dict:
+        return yaml.safe_load((self.dir / "config.yaml").read_text())
+
+    @property
+    def summary(self) -> dict | None:
+        path = self.dir / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoints" / "latest.pt"
+
+    def records(self, kind: str | None = None) -> list[dict]:
+        return [r for r in read_jsonl(self.dir / "metrics.jsonl") if kind is None or r.get("kind") == kind]
+
+    def log(self, record: dict) -> None:
+        with open(self.dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def truncate_log(self, step: int) -> None:
+        """Forget records past a checkpoint: a resumed run writes them again, identically."""
+        kept = [r for r in self.records() if r.get("step", 0) <= step]
+        atomic_write_bytes(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    def update(self, **fields) -> None:
+        info = {**self.info, **fields, "updated": now()}
+        atomic_write_json(self.dir / "run.json", info)
+        self.store.index(self)
+
+    def finish(self, summary: dict) -> None:
+        atomic_write_json(self.dir / "summary.json", summary)
+        self.update(status="finished", message="")
+
+    def fail(self, message: str) -> None:
+        self.update(status="failed", message=message)
+
+
+class Store:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root or default_root())
+        self.runs_dir = self.root / "runs"
+        self.db_path = self.root / "index.sqlite"
+
+    def connect(self) -> sqlite3.Connection:
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Sweep workers write concurrently: wait for the lock rather than fail.
+        db = sqlite3.connect(self.db_path, timeout=60)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"CREATE TABLE IF NOT EXISTS runs ({', '.join(COLUMNS)}, PRIMARY KEY (id))")
+        return db
+
+    def create(self, config: dict, *, study: str | None = None, trial: int | None = None) -> Run:
+        method = config["method"]["name"].replace(":", ".")
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{secrets.token_hex(3)}"
+        run = Run(self, run_id)
+        (run.dir / "checkpoints").mkdir(parents=True)
+        (run.dir / "samples").mkdir()
+        atomic_write_bytes(run.dir / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+        stamp = now()
+        atomic_write_json(run.dir / "run.json", {
+            "id": run_id, "status": "running", "created": stamp, "updated": stamp, "message": "",
+            "study": study, "trial": trial,
+        })
+        self.index(run)
+        return run
+
+    def index(self, run: Run) -> None:
+        info, config, summary = run.info, run.config, run.summary
+        row = {
+            **{key: info.get(key) for key in ("id", "created", "updated", "status", "study", "trial", "message")},
+            "method": config["method"]["name"],
+            "backend": config["backend"],
+            "reward": config["reward"],
+            "name": config.get("name", ""),
+            "seed": config.get("seed"),
+            "config": json.dumps(config),
+            "summary": json.dumps(summary) if summary else None,
+        }
+        with closing(self.connect()) as db, db:
+            db.execute(
+                f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                [row[c] for c in COLUMNS],
+            )
+
+    def reindex(self) -> int:
+        """Rebuild the index from the run folders (after copying folders in, or losing the index)."""
+        count = 0
+        for folder in sorted(self.runs_dir.glob("*")):
+            if (folder / "run.json").exists() and (folder / "config.yaml").exists():
+                self.index(Run(self, folder.name))
+                count += 1
+        return count
+
+    def get(self, run_id: str) -> Run:
+        run = Run(self, run_id)
+        if not (run.dir / "run.json").exists():
+            raise UsageError(f"no run '{run_id}' in {self.root} (bench runs list shows the runs there)")
+        return run
+
+    def latest(self) -> Run:
+        rows = self.rows()
+        if not rows:
+            raise UsageError(f"no runs in {self.root} to resume; start one with bench run")
+        return self.get(rows[0]["id"])
+
+    def rows(self, where: str = "", params: tuple = ()) -> list[dict]:
+        if not self.db_path.exists():
+            return []
+        with closing(self.connect()) as db:
+            db.row_factory = sqlite3.Row
+            query = f"SELECT * FROM runs {where} ORDER BY created DESC, id DESC"
+            return [dict(row) for row in db.execute(query, params)]

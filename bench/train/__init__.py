@@ -1,0 +1,1 @@
+"""The trainer core: one loop for every method and backend."""

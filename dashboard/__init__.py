@@ -1,0 +1,1 @@
+"""The Streamlit leaderboard (not yet built: see the open dashboard issue)."""

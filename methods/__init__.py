@@ -1,0 +1,1 @@
+"""Alignment methods, one file each. They register through the `bench.methods` entry-point group."""

@@ -1,0 +1,114 @@
+"""The analytic world is exact: scores, denoiser, tilted optimum, sampler and metrics (acceptance a)."""
+
+import math
+
+import pytest
+import torch
+
+from bench.analytic.mixture import GaussianMixture
+from bench.analytic.pictures import captions, component_means
+from bench.diffusion import VPSchedule
+from bench.eval.analytic import frechet_distance, mmd2, world_metrics
+from bench.rewards.analytic import ColorfulnessReward, LinearReward, QuadraticReward
+
+SIZE = 4
+
+
+def world(prompts=3, components=3, s0=0.1) -> GaussianMixture:
+    means = component_means(captions(prompts), components, SIZE)
+    log_weights = torch.log_softmax(torch.tensor([[0.0, 0.5, -0.5]] * prompts)[:, :components], -1)
+    return GaussianMixture(means.double(), log_weights.double(), s0**2)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.02, 0.2, 0.5, 0.9])
+@pytest.mark.parametrize("conditional", [True, False])
+def test_score_is_gradient_of_log_density(t, conditional):
+    mixture = world()
+    alpha, sigma = VPSchedule().alpha_sigma(torch.full((6,), t, dtype=torch.float64))
+    cond = torch.tensor([0, 1, 2, 0, 1, 2]) if conditional else None
+    gen = torch.Generator().manual_seed(1)
+    x = mixture.sample(torch.tensor([0, 1, 2, 2, 1, 0]), gen).reshape(6, 3, SIZE, SIZE)
+    x = (alpha.reshape(-1, 1, 1, 1) * x + sigma.reshape(-1, 1, 1, 1) * torch.randn(x.shape, generator=gen,
+                                                                                     dtype=x.dtype))
+    x.requires_grad_(True)
+    (autograd,) = torch.autograd.grad(mixture.log_prob(x, alpha, sigma, cond).sum(), x)
+    torch.testing.assert_close(mixture.score(x, alpha, sigma, cond), autograd, rtol=1e-9, atol=1e-9)
+
+
+def test_denoiser_is_the_posterior_mean_of_the_components():
+    mixture = world()
+    alpha, sigma = VPSchedule().alpha_sigma(torch.full((4,), 0.4, dtype=torch.float64))
+    cond = torch.tensor([0, 1, 2, 1])
+    x = torch.randn(4, 3 * SIZE * SIZE, dtype=torch.float64)
+    # Posterior of x0 given x_t and component m is Gaussian; average its mean over responsibilities.
+    v = alpha**2 * mixture.var + sigma**2
+    means = mixture.means[cond]
+    logits = mixture.log_weights[cond] - (x[:, None] - alpha[:, None, None] * means).pow(2).sum(-1) / (2 * v[:, None])
+    gain = (alpha * mixture.var / v)[:, None, None]
+    posterior = means + gain * (x[:, None] - alpha[:, None, None] * means)
+    expected = (logits.softmax(-1)[..., None] * posterior).sum(1)
+    torch.testing.assert_close(mixture.denoise(x, alpha, sigma, cond), expected)
+
+
+@pytest.mark.parametrize("reward_cls, alpha_rew", [(LinearReward, 3.0), (QuadraticReward, 0.5)])
+def test_tilted_mixture_is_the_reward_tilted_reference(reward_cls, alpha_rew):
+    """p* from the closed form against self-normalised importance weights exp(a r) on reference samples."""
+    mixture = world(prompts=1, s0=0.3)
+    reward = reward_cls(SIZE)
+    optimum = mixture.tilt(*reward.quadratic_form(), alpha_rew)
+    gen = torch.Generator().manual_seed(0)
+    cond = torch.zeros(400_000, dtype=torch.long)
+    x = mixture.sample(cond, gen)
+    weights = torch.softmax(alpha_rew * reward(x.float()).double(), 0)
+    assert 1 / weights.pow(2).sum() > 1e5, "too strong a tilt for importance sampling to be a reference"
+    expected_mean = weights @ x
+    mean, _ = optimum.moments(0)
+    assert (mean - expected_mean).norm() < 0.05 * (mean - mixture.moments(0)[0]).norm()
+    component = mixture.assign(x, cond)
+    expected_weights = torch.bincount(component, weights=weights, minlength=3)
+    torch.testing.assert_close(optimum.log_weights[0].exp(), expected_weights, atol=0.01, rtol=0)
+
+
+def test_colorfulness_has_no_closed_form_optimum_but_a_gradient():
+    reward = ColorfulnessReward(SIZE)
+    assert reward.quadratic_form() is None
+    x = torch.rand(5, 3, SIZE, SIZE, requires_grad=True)
+    (grad,) = torch.autograd.grad(reward(x).sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_sampler_has_the_exact_moments():
+    mixture = world(prompts=1)
+    x = mixture.sample(torch.zeros(200_000, dtype=torch.long), torch.Generator().manual_seed(3))
+    mean, cov = mixture.moments(0)
+    torch.testing.assert_close(x.mean(0), mean, atol=5e-3, rtol=0)
+    torch.testing.assert_close(torch.cov(x.T), cov, atol=5e-3, rtol=0)
+
+
+def test_frechet_distance_of_diagonal_gaussians():
+    a, b = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([4.0, 1.0, 1.0])
+    m1, m2 = torch.zeros(3), torch.tensor([1.0, 0.0, 2.0])
+    expected = 5.0 + ((a.sqrt() - b.sqrt()) ** 2).sum()
+    assert frechet_distance(m1, torch.diag(a), m2, torch.diag(b)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_mmd_separates_laws_and_not_samples_of_one_law():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 5, generator=gen), torch.randn(400, 5, generator=gen)
+    assert abs(mmd2(x, y, 5.0)) < 0.01
+    assert mmd2(x, y + 1.0, 5.0) > 0.1
+
+
+def test_metrics_see_mode_dropping_and_reference_samples_score_well():
+    mixture = world(prompts=2, components=3)
+    reward = LinearReward(SIZE)
+    gen = torch.Generator().manual_seed(0)
+    cond = torch.arange(2).repeat_interleave(300)
+    good = world_metrics(mixture.sample(cond, gen).float().reshape(-1, 3, SIZE, SIZE), cond, mixture.float(),
+                         reward, None, gen)
+    assert good["coverage"] == 1.0 and good["precision"] > 0.98
+    collapsed = mixture.means[cond, 0] + 0.1 * torch.randn(len(cond), mixture.dim, generator=gen, dtype=torch.float64)
+    bad = world_metrics(collapsed.float().reshape(-1, 3, SIZE, SIZE), cond, mixture.float(), reward, None, gen)
+    assert bad["coverage"] == pytest.approx(1 / 3)
+    assert bad["mmd_ref"] > 10 * abs(good["mmd_ref"]) and bad["fd_ref"] > good["fd_ref"]
+    assert math.isfinite(good["nll_ref"])
