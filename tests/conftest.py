@@ -10,7 +10,7 @@ import pytest
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))
