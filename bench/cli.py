@@ -13,6 +13,7 @@ USAGE = """usage: bench <command> [key=value ...]
 Commands:
   run        train a one-step generator with an alignment method    bench run method=di_star
   runs       list stored runs, or show one                          bench runs list | bench runs show ID
+  sweep      Optuna study over alpha_rew, alpha_cfg and any key     bench sweep method=di_star n_trials=12
 
 Every command takes results.dir=PATH (or the environment variable BENCH_RESULTS) to pick the results store.
 `bench COMMAND --help` explains a command and lists its keys."""
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    commands = {"run": cmd_run, "runs": cmd_runs}
+    commands = {"run": cmd_run, "runs": cmd_runs, "sweep": cmd_sweep}
     name, args = argv[0], argv[1:]
     try:
         if name not in commands:
@@ -211,3 +212,8 @@ def show_run(data: dict) -> str:
             lines.append(f"  {key:<10}{summary['initial'][key]:>12.4g} -> {value:.4g}")
     return "\n".join(lines)
 
+
+def cmd_sweep(args: list[str]) -> int:
+    from sweeps.cli import sweep_main
+
+    return sweep_main(args)

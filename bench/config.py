@@ -58,6 +58,8 @@ class EvalConfig:
     samples: int = param(1024, "generator samples per evaluation, split evenly over captions", ge=16)
     seed: int = param(1234, "seed of the fixed evaluation noise (the same at every evaluation)")
     grid: bool = param(True, "save a PNG grid of samples at each evaluation")
+    target_alpha_rew: float = param(
+        0.0, "temperature of the closed-form optimum p* that *_star metrics compare with (0: method.alpha_rew)", ge=0)
 
 
 @dataclass
@@ -185,16 +187,18 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
-def build_config(args: list[str], *, allow=()) -> RunConfig:
-    """Resolve defaults < preset < command line into a validated RunConfig.
+def build_config(args: list[str], *, base: list[str] = ()) -> RunConfig:
+    """Resolve defaults < base < preset < command line into a validated RunConfig.
 
-    `allow` names extra keys (such as `preset`) that callers handle; they are ignored here.
+    `base` is a layer below the command line that it may override (a sweep's fixed settings); within one
+    layer a key given twice with two values is a mistake.
     """
     from bench.method import load_method
 
     pairs = split_overrides(args)
     preset = [value for key, value in pairs if key == "preset"]
-    ordered = (load_preset(preset[0]) if preset else []) + [(k, v) for k, v in pairs if k != "preset"]
+    ordered = split_overrides(list(base)) + (load_preset(preset[0]) if preset else [])
+    ordered += [(k, v) for k, v in pairs if k != "preset"]
     method_name = DEFAULT_METHOD
     for key, value in ordered:
         if key in ("method", "method.name"):
@@ -204,7 +208,7 @@ def build_config(args: list[str], *, allow=()) -> RunConfig:
 
     fields = {key: (owner, f, kind) for key, owner, f, kind in leaf_fields(cfg)}
     for key, value in ordered:
-        if key in ("method", "method.name", *allow):
+        if key in ("method", "method.name"):
             continue
         if key not in fields:
             raise UsageError(f"unknown key '{key}'{did_you_mean(key, fields)} (see bench run --help)")

@@ -1,9 +1,10 @@
 """Bad input gets one line that says what to do, exit code 2, no traceback, and no run in the store."""
 
 import pytest
-from conftest import bench
 
 from bench.cli import main
+
+from conftest import bench
 
 BAD = [
     (["run", "method=di_sta"], "unknown method 'di_sta'; did you mean 'di_star'?"),

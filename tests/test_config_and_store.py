@@ -3,11 +3,12 @@
 import json
 
 import yaml
-from conftest import bench
 
 from bench.cli import main
 from bench.config import build_config, config_from_dict, leaf_fields
 from bench.store import Store
+
+from conftest import bench
 
 
 def test_layers_default_then_preset_then_command_line():

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from gaussian_case import DIM, GaussianCase
 
 from methods.di_pp import DIpp
 from methods.di_star import DIStar
 from methods.kl_rlhf import KLRLHF
+
+from gaussian_case import DIM, GaussianCase
 
 SAMPLES = 60_000
 

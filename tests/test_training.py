@@ -10,12 +10,13 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, bench
 
 from bench.cli import main
 from bench.config import build_config
 from bench.store import Store
 from bench.train.trainer import Trainer
+
+from conftest import ROOT, bench
 
 COVERAGE_FLOOR = 0.9
 

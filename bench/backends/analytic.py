@@ -90,7 +90,8 @@ class AnalyticBackend:
         self.schedule = VPSchedule()
         self.reward = ANALYTIC_REWARDS[cfg.reward](world.image_size)
         form = self.reward.quadratic_form()
-        self.optimum = None if form is None else self.reference.tilt(*form, cfg.method.alpha_rew)
+        temperature = cfg.eval.target_alpha_rew or cfg.method.alpha_rew
+        self.optimum = None if form is None else self.reference.tilt(*form, temperature)
         self.generator = Generator(self.reference, self.schedule, world.t_init, self.shape, world.hidden)
         self.fake = FakeScore(self.reference, self.shape, world.hidden)
 

@@ -24,7 +24,7 @@ import yaml
 from bench.errors import UsageError
 from bench.store.files import atomic_write_bytes, atomic_write_json, read_jsonl
 
-STATUSES = ("running", "finished", "failed")
+STATUSES = ("running", "finished", "failed", "pruned")
 COLUMNS = ("id", "created", "updated", "status", "method", "backend", "reward", "name", "seed", "study",
            "trial", "message", "config", "summary")
 

@@ -29,8 +29,9 @@ class Diverged(Exception):
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run: Run, progress: bool = True):
-        self.cfg, self.run, self.progress = cfg, run, progress
+    def __init__(self, cfg: RunConfig, run: Run, progress: bool = True, on_eval=None):
+        """`on_eval(step, metrics)` sees every evaluation; a sweep uses it to prune (by raising)."""
+        self.cfg, self.run, self.progress, self.on_eval = cfg, run, progress, on_eval
         self.device = torch.device(cfg.device)
         self.method = cfg.method
         torch.manual_seed(cfg.seed)
@@ -139,6 +140,8 @@ class Trainer:
         self.run.log({"kind": "eval", "step": self.step, **metrics})
         if cfg.grid:
             self.backend.save_grid(self.ema, self.run.dir / "samples" / f"step_{self.step:06d}.png")
+        if self.on_eval is not None:
+            self.on_eval(self.step, metrics)
         return metrics
 
     def fit(self) -> dict:

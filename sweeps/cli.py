@@ -1,0 +1,174 @@
+"""`bench sweep`, `bench sweep status`, `bench sweep best`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from bench.errors import UsageError
+
+USAGE = """usage: bench sweep [status|best] [study=NAME] [space=NAME|PATH] [storage=URL] [n_trials=N] [--workers N]
+                   [method=NAME] [any bench run key=value, passed to every trial]
+
+  space=reward_vs_cfg    search space: a YAML file in sweeps/ (reward_vs_cfg, reward_vs_nll) or a path
+  study=NAME             study name (default: METHOD-SPACE); status and best find it by this name
+  storage=URL            Optuna storage (default: sqlite:///<results.dir>/studies.db); PostgreSQL or MySQL
+                         URLs for many machines, journal:PATH for a journal file on a shared filesystem
+  n_trials=12            trials to complete in the study, over all workers together
+  sampler_seed=0         seed of the TPE sampler
+  heartbeat=10           seconds between trial heartbeats; a trial silent for 3 heartbeats is failed and re-queued
+  --workers N            N worker processes on this machine (run the same command elsewhere to add machines)
+
+Each trial is a run in the results store (bench runs list study=NAME). Studies open in optuna-dashboard."""
+
+SWEEP_KEYS = ("study", "space", "storage", "n_trials", "sampler_seed", "heartbeat")
+
+
+def parse(args: list[str]) -> tuple[str, dict, list[str], int]:
+    action = "run"
+    if args and args[0] in ("status", "best"):
+        action, args = args[0], args[1:]
+    workers = 1
+    if "--workers" in args:
+        at = args.index("--workers")
+        try:
+            workers = int(args[at + 1])
+        except (IndexError, ValueError):
+            raise UsageError("--workers takes a whole number, e.g. --workers 2") from None
+        if workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {workers}")
+        args = args[:at] + args[at + 2:]
+    options, run_args = {}, []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise UsageError(f"expected key=value, got '{arg}' (bench sweep --help)")
+        if key in SWEEP_KEYS:
+            options[key] = value
+        else:
+            run_args.append(arg)
+    for key in ("n_trials", "sampler_seed", "heartbeat"):
+        if key in options:
+            try:
+                options[key] = int(options[key])
+            except ValueError:
+                raise UsageError(f"{key} expects a whole number, got '{options[key]}'") from None
+    if options.get("n_trials", 1) < 1 or options.get("heartbeat", 1) < 1:
+        raise UsageError("n_trials and heartbeat must be at least 1")
+    return action, options, run_args, workers
+
+
+def sweep_main(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    action, options, run_args, workers = parse(args)
+    from bench.store import Store, default_root
+    from sweeps import study as studies
+
+    results = next((a.partition("=")[2] for a in run_args if a.startswith("results.dir=")), default_root())
+    url = options.get("storage") or studies.default_storage(results)
+    storage = studies.open_storage(url, options.get("heartbeat", 10))
+    method = next((a.partition("=")[2] for a in run_args if a.startswith("method=")), "di_star")
+    space_name = options.get("space", "reward_vs_cfg")
+    name = options.get("study") or f"{method}-{space_name.removesuffix('.yaml').split('/')[-1]}"
+
+    if action == "status":
+        print(status_text(studies.load_study(storage, name), url))
+        return 0
+    if action == "best":
+        print(best_text(studies.load_study(storage, name)))
+        return 0
+
+    from sweeps.space import load_space
+
+    trial_args = [a for a in run_args if not a.startswith("method=")]
+    space = load_space(space_name, [f"method={method}", *trial_args])
+    study = studies.create_study(storage, name, space, method, trial_args, options.get("sampler_seed", 0))
+    n_trials = options.get("n_trials", 12)
+    started = time.perf_counter()
+    if workers == 1:
+        work_here(study, space, trial_args, n_trials, Store(results), method, studies.lock_path(url))
+    else:
+        spawn_workers(args, workers, study, n_trials)
+    print(f"study {name}: {n_trials} trials in {time.perf_counter() - started:.1f} s (storage {url})")
+    print(best_text(study))
+    return 0
+
+
+def work_here(study, space, trial_args, n_trials, store, method, lock) -> None:
+    from tqdm import tqdm
+
+    from sweeps import study as studies
+
+    done = sum(t.state in studies.DONE for t in study.get_trials(deepcopy=False))
+    bar = tqdm(total=n_trials, initial=min(done, n_trials), desc=f"study {study.study_name}", unit="trial",
+               disable=not (sys.stderr.isatty() or os.environ.get("BENCH_PROGRESS") == "1"))
+
+    def on_trial(outcome: dict):
+        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in outcome["params"].items())
+        values = " ".join(f"{k}={v:.4g}" for k, v in outcome.get("values", {}).items())
+        bar.write(f"trial {outcome['trial']:>3} {outcome['state']:<9} {params}  {values}  run {outcome['run']}")
+        if outcome["state"] in ("complete", "pruned"):
+            bar.update(1)
+
+    studies.work(study, space, trial_args, n_trials, store, method, lock, on_trial=on_trial)
+    bar.close()
+
+
+def spawn_workers(args: list[str], workers: int, study, n_trials: int) -> None:
+    """N copies of this command with --workers 1, one torch thread share each; wait for all of them."""
+    at = args.index("--workers")
+    worker_args = args[:at] + args[at + 2:]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen([sys.executable, "-m", "bench", "sweep", *worker_args], env=env)
+             for _ in range(workers)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise UsageError(f"a sweep worker exited with code {max(codes)}; bench sweep status shows the trials")
+
+
+def status_text(study, url: str) -> str:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    identity = study.user_attrs.get("identity", {})
+    objectives = [m for m, _ in study.user_attrs.get("objectives", [])] or ["value"]
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    lines = [
+        f"study {study.study_name}  method={identity.get('method')}  space={identity.get('space')}  storage {url}",
+        "trials: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n),
+        f"{'#':>4}  {'state':<9}" + "".join(f"{m:>12}" for m in objectives) + "  params  run",
+    ]
+    for t in trials:
+        values = t.values or [float("nan")] * len(objectives)
+        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        lines.append(f"{t.number:>4}  {t.state.name.lower():<9}" + "".join(f"{v:>12.4g}" for v in values)
+                     + f"  {params}  {t.user_attrs.get('run_id', '-')}")
+    return "\n".join(lines)
+
+
+def best_text(study) -> str:
+    identity = study.user_attrs.get("identity", {})
+    objectives = [m for m, _ in study.user_attrs.get("objectives", [])]
+    best = [t for t in study.best_trials] if study.get_trials(deepcopy=False) else []
+    if not best:
+        return f"study {study.study_name} has no complete trial yet"
+    import yaml
+
+    from sweeps.space import space_path
+
+    fixed = (yaml.safe_load(space_path(identity["space"]).read_text()) or {}).get("fixed") or {}
+    title = "best trial" if len(objectives) == 1 else f"Pareto front ({len(best)} trials)"
+    lines = [f"{title} of study {study.study_name}:"]
+    for t in best:
+        values = ", ".join(f"{m}={v:.4g}" for m, v in zip(objectives, t.values, strict=True))
+        command = ["bench run", f"method={identity['method']}", *(f"{k}={v}" for k, v in fixed.items()),
+                   *identity["run_args"], *(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in t.params.items())]
+        lines += [f"  trial {t.number}: {values}", f"    {' '.join(command)}"]
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""Search spaces: YAML files that name the objectives, the parameters to search and the settings to fix.
+
+    objectives: [{metric: mmd_star, direction: minimize}]     # one entry: single objective; more: Pareto
+    params:     {method.alpha_rew: {low: 0.02, high: 50, log: true}, method.estimator: {choices: [exact, sim]}}
+    fixed:      {train.steps: 400}
+
+Any `bench run` key can be searched or fixed. A space is checked completely before any trial starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from bench.config import build_config, leaf_fields
+from bench.errors import UsageError, did_you_mean
+
+SPACE_DIR = Path(__file__).parent
+ANALYTIC_METRICS = ("reward", "nll_ref", "coverage", "precision", "fd_ref", "mmd_ref", "fd_star", "mmd_star")
+
+
+@dataclass
+class Param:
+    key: str
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list | None = None
+
+    def suggest(self, trial):
+        if self.choices is not None:
+            return trial.suggest_categorical(self.key, self.choices)
+        if self.kind is int:
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.log)
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    objectives: list[tuple[str, str]]
+    params: list[Param]
+    fixed: dict[str, str]
+
+    @property
+    def directions(self) -> list[str]:
+        return [direction for _, direction in self.objectives]
+
+
+def space_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = SPACE_DIR / f"{name}.yaml"
+    if not candidate.is_file():
+        names = [p.stem for p in SPACE_DIR.glob("*.yaml")]
+        raise UsageError(f"unknown search space '{name}'{did_you_mean(name, names)} (or give a path to a .yaml file)")
+    return candidate
+
+
+def load_space(name: str, run_args: list[str]) -> SearchSpace:
+    path = space_path(name)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"search space {path} is not valid YAML: {err}") from None
+
+    def fail(message: str):
+        raise UsageError(f"search space {path.name}: {message}")
+
+    unknown = set(data) - {"objectives", "params", "fixed"}
+    if unknown:
+        fail(f"unknown section '{sorted(unknown)[0]}'; use objectives, params and fixed")
+    objectives = []
+    for entry in data.get("objectives") or fail("needs at least one objective"):
+        metric, direction = entry.get("metric"), entry.get("direction", "minimize")
+        if metric not in ANALYTIC_METRICS:
+            fail(f"unknown metric '{metric}'{did_you_mean(str(metric), ANALYTIC_METRICS)}")
+        if direction not in ("minimize", "maximize"):
+            fail(f"direction of {metric} must be minimize or maximize, got '{direction}'")
+        objectives.append((metric, direction))
+    fixed = {str(k): str(v) for k, v in (data.get("fixed") or {}).items()}
+    base = [f"{k}={v}" for k, v in fixed.items()]
+    cfg = build_config(run_args, base=base)
+    types = {key: kind for key, _, _, kind in leaf_fields(cfg)}
+    params = []
+    for key, spec in (data.get("params") or fail("needs at least one parameter to search")).items():
+        if key not in types:
+            fail(f"unknown key '{key}'{did_you_mean(key, types)}")
+        spec = spec or {}
+        param = Param(key, types[key], spec.get("low"), spec.get("high"), bool(spec.get("log", False)),
+                      spec.get("choices"))
+        if param.choices is None:
+            if param.low is None or param.high is None:
+                fail(f"{key} needs low and high (or choices)")
+            if not param.low < param.high:
+                fail(f"{key} has an empty range [{param.low}, {param.high}]; low must be below high")
+            if param.log and param.low <= 0:
+                fail(f"{key} is searched on a log scale, so its range must be above 0, got low={param.low}")
+        elif not param.choices:
+            fail(f"{key} has an empty list of choices")
+        if any(arg.partition("=")[0] == key for arg in run_args):
+            raise UsageError(f"{key} is searched by the space {path.name}; drop it from the command line")
+        # Both ends (or every choice) must be valid run settings: catch a range the schema forbids now.
+        ends = param.choices if param.choices is not None else [param.low, param.high]
+        for value in ends:
+            try:
+                build_config([*run_args, f"{key}={value}"], base=base)
+            except UsageError as err:
+                fail(f"{key}={value} is outside what bench run accepts: {err}")
+        params.append(param)
+    if any(metric.endswith("_star") for metric, _ in objectives) and cfg.reward == "colorfulness":
+        fail("*_star metrics need a reward with a closed-form optimum (linear or quadratic)")
+    return SearchSpace(path.stem, objectives, params, fixed)

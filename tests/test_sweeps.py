@@ -1,0 +1,155 @@
+"""Sweeps: real Optuna studies whose trials are runs in the store (issue: sweeps)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from bench.cli import main
+from bench.store import Store
+
+from conftest import ROOT, bench
+
+# Short trials: the machinery is under test here, the maths elsewhere.
+FAST = ["world.hidden=64", "train.batch_size=64", "eval.samples=256"]
+
+
+def storage_of(results):
+    return f"sqlite:///{results.resolve()}/studies.db"
+
+
+def trials_of(results, study):
+    return optuna.load_study(study_name=study, storage=storage_of(results)).get_trials()
+
+
+def test_sweep_finds_a_configuration_that_beats_the_default(results, capsys):
+    args = ["sweep", "method=di_star", "n_trials=12", f"results.dir={results}", *FAST, "train.steps=150",
+            "train.eval_every=50"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="di_star-reward_vs_cfg", storage=storage_of(results))
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(done) == 12
+    # The default configuration under the same protocol (the space's fixed keys and the same overrides).
+    assert main(["run", "method=di_star", "eval.target_alpha_rew=20", "eval.grid=false", f"results.dir={results}",
+                 *FAST, "train.steps=150", "train.eval_every=50"]) == 0
+    default = Store(results).rows("WHERE study IS NULL")[0]
+    default_value = json.loads(default["summary"])["metrics"]["mmd_star"]
+    assert study.best_value < default_value
+    # The printed command line reproduces the best trial's settings.
+    command = next(line.strip() for line in out.splitlines() if line.strip().startswith("bench run"))
+    assert f"method.alpha_rew={study.best_params['method.alpha_rew']:.6g}" in command
+    linked = Store(results).rows("WHERE study = ?", ("di_star-reward_vs_cfg",))
+    assert len(linked) == 12 and {r["trial"] for r in linked} == set(range(12))
+
+
+def test_two_workers_complete_the_target_without_loss_or_duplicates(results):
+    proc = bench("sweep", "method=di_pp", "study=pair", "n_trials=6", "--workers", "2", *FAST,
+                 "train.steps=40", results=results, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    trials = trials_of(results, "pair")
+    assert len(trials) == 6
+    assert sorted(t.number for t in trials) == list(range(6))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    runs = Store(results).rows("WHERE study = ?", ("pair",))
+    assert sorted(r["trial"] for r in runs) == list(range(6))
+    assert {t.user_attrs["run_id"] for t in trials} == {r["id"] for r in runs}
+    assert all(r["status"] == "finished" for r in runs)
+
+
+def test_a_killed_worker_leaves_a_failed_trial_and_the_study_goes_on(results):
+    args = ["sweep", "method=di_pp", "study=crash", "n_trials=3", "heartbeat=1", *FAST, "train.steps=800"]
+    env = {**os.environ, "BENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        runs = Store(results).rows() if (results / "index.sqlite").exists() else []
+        if runs and (results / "runs" / runs[0]["id"] / "metrics.jsonl").exists():
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_run = Store(results).rows()[0]["id"]
+
+    resumed = bench("sweep", *args[1:6], *FAST, "train.steps=40", results=results)
+    assert resumed.returncode != 0 and "use the same arguments" in resumed.stderr  # a changed study is refused
+    finished = bench(*args, results=results, env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    trials = trials_of(results, "crash")
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    failed = next(t for t in trials if t.state == optuna.trial.TrialState.FAIL)
+    retried = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+               == failed.number]
+    assert len(retried) == 1 and retried[0].params == failed.params
+    info = Store(results).get(killed_run).info
+    assert info["status"] == "failed" and "re-queued" in info["message"]
+
+
+def dominates(a, b, directions):
+    signs = [1 if d == "maximize" else -1 for d in directions]
+    better_or_equal = all(s * x >= s * y for s, x, y in zip(signs, a, b, strict=True))
+    return better_or_equal and any(s * x > s * y for s, x, y in zip(signs, a, b, strict=True))
+
+
+def test_multi_objective_study_returns_exactly_the_non_dominated_set(results, capsys):
+    assert main(["sweep", "method=kl_rlhf", "space=reward_vs_nll", "n_trials=8", f"results.dir={results}",
+                 *FAST, "train.steps=100"]) == 0
+    assert "Pareto front" in capsys.readouterr().out
+    study = optuna.load_study(study_name="kl_rlhf-reward_vs_nll", storage=storage_of(results))
+    directions = ["maximize", "minimize"]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    front = {t.number for t in study.best_trials}
+    for t in complete:
+        dominated = any(dominates(o.values, t.values, directions) for o in complete)
+        assert (t.number in front) == (not dominated)
+    assert main(["sweep", "best", "study=kl_rlhf-reward_vs_nll", f"results.dir={results}"]) == 0
+    assert capsys.readouterr().out.count("bench run method=kl_rlhf") == len(front)
+    assert main(["sweep", "status", "study=kl_rlhf-reward_vs_nll", f"results.dir={results}"]) == 0
+    assert "8 complete" in capsys.readouterr().out
+
+
+BAD_SPACES = [
+    ("params:\n  method.alpha_rwe: {low: 0.1, high: 1}\nobjectives: [{metric: reward}]",
+     "unknown key 'method.alpha_rwe'; did you mean 'method.alpha_rew'?"),
+    ("params:\n  method.alpha_rew: {low: 1, high: 1}\nobjectives: [{metric: reward}]",
+     "method.alpha_rew has an empty range [1, 1]"),
+    ("params:\n  method.alpha_cfg: {low: 0, high: 2, log: true}\nobjectives: [{metric: reward}]",
+     "method.alpha_cfg is searched on a log scale, so its range must be above 0"),
+    ("params:\n  method.alpha_rew: {low: -1, high: 2}\nobjectives: [{metric: reward}]",
+     "method.alpha_rew=-1 is outside what bench run accepts: method.alpha_rew must be at least 0"),
+    ("params:\n  method.alpha_rew: {low: 0.1, high: 2}\nobjectives: [{metric: rewrd}]",
+     "unknown metric 'rewrd'; did you mean 'reward'?"),
+    ("params:\n  method.alpha_rew: {low: 0.1, high: 2}\nobjectives: [{metric: reward, direction: up}]",
+     "direction of reward must be minimize or maximize"),
+    ("params:\n  method.estimator: {choices: []}\nobjectives: [{metric: reward}]",
+     "method.estimator has an empty list of choices"),
+    ("objectives: [{metric: reward}]", "needs at least one parameter to search"),
+    ("parms: {}\nobjectives: [{metric: reward}]", "unknown section 'parms'"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_SPACES, ids=[m for _, m in BAD_SPACES])
+def test_bad_search_space_is_refused_before_any_trial(tmp_path, results, capsys, text, message):
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    assert main(["sweep", f"space={space}", f"results.dir={results}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("bench: error: search space space.yaml: ")
+    assert not (results / "runs").exists()
+    assert optuna.get_all_study_names(storage_of(results)) == []
+
+
+def test_status_of_a_missing_study_names_the_ones_there(results, capsys):
+    assert main(["sweep", "method=di_pp", "study=present", "n_trials=1", f"results.dir={results}", *FAST,
+                 "train.steps=10"]) == 0
+    capsys.readouterr()
+    assert main(["sweep", "status", "study=presnt", f"results.dir={results}"]) == 2
+    assert "no study 'presnt' in this storage; did you mean 'present'?" in capsys.readouterr().err
