@@ -59,16 +59,14 @@ def store_from(args: list[str]):
 
 
 def cmd_run(args: list[str]) -> int:
-    from bench.config import build_config, help_text, split_overrides
+    from bench.config import build_config, config_from_dict, help_text, split_overrides
+    from bench.store import Store
 
     if wants_help(args):
         method = next((a.partition("=")[2] for a in args if a.startswith("method=")), "di_star")
         print(help_text(method))
         return 0
     cfg = build_config(args)
-    from bench.config import config_from_dict
-    from bench.store import Store
-
     store = Store(cfg.results.dir)
     if cfg.resume:
         extra = [key for key, _ in split_overrides(args) if key not in RESUME_KEYS]
@@ -150,6 +148,8 @@ def cmd_runs(args: list[str]) -> int:
     if wants_help(args) or not args:
         print(RUNS_USAGE)
         return 0
+    from bench.store.runs import STATUSES
+
     store, args = store_from(args)
     as_json = "--json" in args
     args = [a for a in args if a != "--json"]
@@ -161,6 +161,8 @@ def cmd_runs(args: list[str]) -> int:
             if not sep or key not in ("status", "method", "backend", "study"):
                 raise UsageError(f"bench runs list takes status=, method=, backend= or study=, got '{arg}'")
             filters[key] = value
+        if "status" in filters and filters["status"] not in STATUSES:
+            raise UsageError(f"status={filters['status']} is not a run status; use one of {', '.join(STATUSES)}")
         where = " AND ".join(f"{key} = ?" for key in filters)
         rows = store.rows(f"WHERE {where}" if where else "", tuple(filters.values()))
         for row in rows:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from optuna.trial import TrialState
+
 from bench.errors import UsageError
 
 USAGE = """usage: bench sweep [status|best] [study=NAME] [space=NAME|PATH] [storage=URL] [n_trials=N] [--workers N]
@@ -133,8 +135,6 @@ def spawn_workers(args: list[str], workers: int, study, n_trials: int) -> None:
 
 
 def status_text(study, url: str) -> str:
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
     identity = study.user_attrs.get("identity", {})
     objectives = [m for m, _ in study.user_attrs.get("objectives", [])] or ["value"]
@@ -155,14 +155,10 @@ def status_text(study, url: str) -> str:
 def best_text(study) -> str:
     identity = study.user_attrs.get("identity", {})
     objectives = [m for m, _ in study.user_attrs.get("objectives", [])]
-    best = [t for t in study.best_trials] if study.get_trials(deepcopy=False) else []
-    if not best:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return f"study {study.study_name} has no complete trial yet"
-    import yaml
-
-    from sweeps.space import space_path
-
-    fixed = (yaml.safe_load(space_path(identity["space"]).read_text()) or {}).get("fixed") or {}
+    best = study.best_trials
+    fixed = study.user_attrs.get("fixed", {})
     title = "best trial" if len(objectives) == 1 else f"Pareto front ({len(best)} trials)"
     lines = [f"{title} of study {study.study_name}:"]
     for t in best:

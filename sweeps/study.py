@@ -82,6 +82,7 @@ def create_study(storage, name: str, space: SearchSpace, method: str, run_args: 
     if saved is None:
         study.set_user_attr("identity", identity)
         study.set_user_attr("objectives", [list(o) for o in space.objectives])
+        study.set_user_attr("fixed", space.fixed)
     elif saved != identity:
         raise UsageError(
             f"study '{name}' was created with method={saved['method']} space={saved['space']} "

@@ -34,6 +34,7 @@ BAD = [
     (["run", "method=nosuchmodule:Thing"], "cannot load method 'nosuchmodule:Thing'"),
     (["runs", "show", "nope"], "no run 'nope' in"),
     (["runs", "lst"], "unknown action 'runs lst'; did you mean 'list'?"),
+    (["runs", "list", "status=done"], "status=done is not a run status; use one of running, finished, failed, pruned"),
     (["frobnicate"], "unknown command 'frobnicate'"),
 ]
 
