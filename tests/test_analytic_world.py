@@ -104,11 +104,14 @@ def test_metrics_see_mode_dropping_and_reference_samples_score_well():
     reward = LinearReward(SIZE)
     gen = torch.Generator().manual_seed(0)
     cond = torch.arange(2).repeat_interleave(300)
-    good = world_metrics(mixture.sample(cond, gen).float().reshape(-1, 3, SIZE, SIZE), cond, mixture.float(),
-                         reward, None, gen)
+    samples = mixture.sample(cond, gen).float().reshape(-1, 3, SIZE, SIZE)
+    good, rows = world_metrics(samples, cond, mixture.float(), reward, None, gen)
     assert good["coverage"] == 1.0 and good["precision"] > 0.98
+    assert [r["caption"] for r in rows] == [0, 1]
+    assert good["reward"] == pytest.approx(float(reward(samples, cond).mean()), rel=1e-5)
+    assert rows[1]["reward"] == pytest.approx(float(reward(samples[cond == 1], cond[cond == 1]).mean()), rel=1e-5)
     collapsed = mixture.means[cond, 0] + 0.1 * torch.randn(len(cond), mixture.dim, generator=gen, dtype=torch.float64)
-    bad = world_metrics(collapsed.float().reshape(-1, 3, SIZE, SIZE), cond, mixture.float(), reward, None, gen)
+    bad, _ = world_metrics(collapsed.float().reshape(-1, 3, SIZE, SIZE), cond, mixture.float(), reward, None, gen)
     assert bad["coverage"] == pytest.approx(1 / 3)
     assert bad["mmd_ref"] > 10 * abs(good["mmd_ref"]) and bad["fd_ref"] > good["fd_ref"]
     assert math.isfinite(good["nll_ref"])

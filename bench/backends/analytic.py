@@ -114,11 +114,13 @@ class AnalyticBackend:
         return z, cond
 
     @torch.no_grad()
-    def evaluate(self, generator: nn.Module, total: int, seed: int) -> dict[str, float]:
+    def evaluate(self, generator: nn.Module, total: int, seed: int) -> tuple[dict[str, float], list[dict]]:
+        """Metrics averaged over captions, and one row per caption (named) for the per-prompt view."""
         z, cond = self.eval_inputs(total, seed)
         x = generator(z, cond)
         rng = torch.Generator().manual_seed(seed + 1)
-        return world_metrics(x, cond, self.reference, self.reward, self.optimum, rng)
+        metrics, rows = world_metrics(x, cond, self.reference, self.reward, self.optimum, rng)
+        return metrics, [{**row, "caption": self.captions[row["caption"]]} for row in rows]
 
     @torch.no_grad()
     def describe_optimum(self, total: int, seed: int) -> dict[str, float] | None:

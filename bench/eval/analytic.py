@@ -53,42 +53,44 @@ def world_metrics(
     reward,
     optimum: GaussianMixture | None,
     generator: torch.Generator,
-) -> dict[str, float]:
-    """Everything the analytic world can say about samples x [N, C, H, W] drawn for captions `cond`."""
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Everything the analytic world can say about samples x [N, C, H, W] drawn for captions `cond`.
+
+    Returns the metrics averaged over captions and one row of metrics per caption (the per-prompt scores).
+    Every caption has the same number of samples, so the averages are also the sample-wide means.
+    """
     flat = x.flatten(1)
     dim = reference.dim
     zero = torch.zeros(len(cond))
     # A within-component pair sits at squared distance about 2 var D: the kernel sees mode weights and shifts.
     bandwidth2 = 2 * reference.var * dim
+    rewards = reward(x, cond)
     nll = -reference.log_prob(flat, zero + 1, zero, cond) / dim
     nearest = torch.cdist(flat.unsqueeze(1), reference.means[cond]).squeeze(1).min(1).values.pow(2)
-    out = {
-        "reward": float(reward(x, cond).mean()),
-        "nll_ref": float(nll.mean()),
-        # chi-square(D) tail at three standard deviations: 99.9% of true reference samples count as precise.
-        "precision": float((nearest <= reference.var * (dim + 3 * math.sqrt(2 * dim))).float().mean()),
-    }
-    covered, fd_ref, mmd_ref, fd_star, mmd_star = [], [], [], [], []
-    for caption in cond.unique():
+    # chi-square(D) tail at three standard deviations: 99.9% of true reference samples count as precise.
+    precise = (nearest <= reference.var * (dim + 3 * math.sqrt(2 * dim))).float()
+    rows = []
+    for caption in cond.unique().tolist():
         pick = cond == caption
         xs = flat[pick]
         moments = sample_moments(xs)
         counts = torch.bincount(reference.assign(xs, cond[pick]), minlength=reference.means.shape[1])
         expected = pick.sum() * reference.log_weights[caption].exp()
-        covered.append((counts >= 0.25 * expected).float())
-        fd_ref.append(frechet_distance(*moments, *reference.moments(int(caption))))
-        ref_samples = reference.sample(cond[pick], generator)
-        mmd_ref.append(mmd2(xs, ref_samples, bandwidth2))
+        row = {
+            "caption": caption,
+            "reward": float(rewards[pick].mean()),
+            "nll_ref": float(nll[pick].mean()),
+            "precision": float(precise[pick].mean()),
+            "coverage": float((counts >= 0.25 * expected).float().mean()),
+            "fd_ref": frechet_distance(*moments, *reference.moments(caption)),
+            "mmd_ref": mmd2(xs, reference.sample(cond[pick], generator), bandwidth2),
+        }
         if optimum is not None:
-            fd_star.append(frechet_distance(*moments, *optimum.moments(int(caption))))
-            mmd_star.append(mmd2(xs, optimum.sample(cond[pick], generator), bandwidth2))
-    out["coverage"] = float(torch.cat(covered).mean())
-    out["fd_ref"] = sum(fd_ref) / len(fd_ref)
-    out["mmd_ref"] = sum(mmd_ref) / len(mmd_ref)
-    if optimum is not None:
-        out["fd_star"] = sum(fd_star) / len(fd_star)
-        out["mmd_star"] = sum(mmd_star) / len(mmd_star)
-    return out
+            row["fd_star"] = frechet_distance(*moments, *optimum.moments(caption))
+            row["mmd_star"] = mmd2(xs, optimum.sample(cond[pick], generator), bandwidth2)
+        rows.append(row)
+    metrics = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0] if key != "caption"}
+    return metrics, rows
 
 
 def optimum_summary(optimum: GaussianMixture, reference: GaussianMixture, reward, cond: Tensor,

@@ -136,8 +136,8 @@ class Trainer:
 
     def evaluate(self):
         cfg = self.cfg.eval
-        metrics = self.backend.evaluate(self.ema, cfg.samples, cfg.seed)
-        self.run.log({"kind": "eval", "step": self.step, **metrics})
+        metrics, per_prompt = self.backend.evaluate(self.ema, cfg.samples, cfg.seed)
+        self.run.log({"kind": "eval", "step": self.step, **metrics, "per_prompt": per_prompt})
         if cfg.grid:
             self.backend.save_grid(self.ema, self.run.dir / "samples" / f"step_{self.step:06d}.png")
         if self.on_eval is not None:
@@ -193,8 +193,9 @@ class Trainer:
             "reward": self.cfg.reward,
             "steps": self.step,
             "wall_s": round(self.wall, 2),
-            "metrics": {k: v for k, v in evals[-1].items() if k not in ("kind", "step")},
-            "initial": {k: v for k, v in evals[0].items() if k not in ("kind", "step")},
+            "metrics": scalars(evals[-1]),
+            "initial": scalars(evals[0]),
+            "per_prompt": evals[-1]["per_prompt"],
             "optimum": self.backend.describe_optimum(self.cfg.eval.samples, self.cfg.eval.seed),
             "protocol": {
                 "world": config["world"], "eval_samples": self.cfg.eval.samples, "eval_seed": self.cfg.eval.seed,
@@ -203,3 +204,8 @@ class Trainer:
             "checkpoint_sha256": file_sha256(self.run.checkpoint_path),
             "provenance": provenance(config, str(self.device)),
         }
+
+
+def scalars(record: dict) -> dict:
+    """The metrics of an evaluation record, without its bookkeeping and per-prompt rows."""
+    return {k: v for k, v in record.items() if k not in ("kind", "step", "per_prompt")}
