@@ -14,6 +14,7 @@ Commands:
   run        train a one-step generator with an alignment method    bench run method=di_star
   runs       list stored runs, or show one                          bench runs list | bench runs show ID
   sweep      Optuna study over alpha_rew, alpha_cfg and any key     bench sweep method=di_star n_trials=12
+  dashboard  the Streamlit leaderboard on 127.0.0.1                 bench dashboard [--port 8501]
 
 Every command takes results.dir=PATH (or the environment variable BENCH_RESULTS) to pick the results store.
 `bench COMMAND --help` explains a command and lists its keys."""
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    commands = {"run": cmd_run, "runs": cmd_runs, "sweep": cmd_sweep}
+    commands = {"run": cmd_run, "runs": cmd_runs, "sweep": cmd_sweep, "dashboard": cmd_dashboard}
     name, args = argv[0], argv[1:]
     try:
         if name not in commands:
@@ -219,3 +220,41 @@ def cmd_sweep(args: list[str]) -> int:
     from sweeps.cli import sweep_main
 
     return sweep_main(args)
+
+
+DASHBOARD_USAGE = """usage: bench dashboard [--results DIR] [--port N] [--address HOST]
+
+Serve the leaderboard with Streamlit, on 127.0.0.1:8501 unless told otherwise. --results (or results.dir=,
+or BENCH_RESULTS) picks the results store; the app reads nothing outside it."""
+
+
+def cmd_dashboard(args: list[str]) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from bench.store import default_root
+
+    if wants_help(args):
+        print(DASHBOARD_USAGE)
+        return 0
+    options = {"--results": default_root(), "--port": "8501", "--address": "127.0.0.1"}
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg.startswith("results.dir="):
+            options["--results"] = arg.partition("=")[2]
+        elif arg in options and rest:
+            options[arg] = rest.pop(0)
+        else:
+            raise UsageError(f"bench dashboard takes --results DIR, --port N and --address HOST, got '{arg}'")
+    if not options["--port"].isdigit() or not 0 < int(options["--port"]) < 65536:
+        raise UsageError(f"--port must be a port number from 1 to 65535, got '{options['--port']}'")
+    root = Path(options["--results"]).resolve()
+    if not root.is_dir():
+        raise UsageError(f"no results store at {root}; run bench run first or point --results at one")
+    app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", options["--address"],
+               "--server.port", options["--port"], "--server.headless", "true",
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
+    print(f"bench dashboard: http://{options['--address']}:{options['--port']} (results {root})", flush=True)
+    return subprocess.call(command, env={**os.environ, "BENCH_RESULTS": str(root)})

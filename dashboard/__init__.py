@@ -1,1 +1,1 @@
-"""The Streamlit leaderboard (not yet built: see the open dashboard issue)."""
+"""The Streamlit leaderboard: `bench dashboard` serves app.py; views/ has one module a page."""

@@ -1,0 +1,18 @@
+"""The leaderboard app: `bench dashboard` serves this file with Streamlit."""
+
+import streamlit as st
+
+from dashboard import data
+from dashboard.views import compare, leaderboard, run, sweeps
+
+PAGES = {"Leaderboard": leaderboard.show, "Run": run.show, "Compare": compare.show, "Sweeps": sweeps.show}
+
+st.set_page_config(page_title="One-step alignment bench", layout="wide")
+root = data.results_root()
+requested = st.query_params.get("page", "Leaderboard")
+page = st.sidebar.radio("page", list(PAGES), index=list(PAGES).index(requested) if requested in PAGES else 0)
+st.sidebar.caption(f"results: {root}")
+runs, warnings = data.load_runs(str(root), data.stamp(root))
+for warning in warnings:
+    st.warning(warning)
+PAGES[page](root, runs)

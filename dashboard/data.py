@@ -1,0 +1,129 @@
+"""What the pages read: runs, protocols, studies and files, cached and confined to the results folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import yaml
+
+from bench.store import Store
+
+METRICS = ("reward", "nll_ref", "coverage", "precision", "fd_ref", "mmd_ref", "fd_star", "mmd_star")
+# Config keys that do not change what a run measures: seeds are averaged over, the rest is bookkeeping.
+NOT_SETTINGS = ("seed", "name", "resume", "results", "device")
+REPORTED = Path(__file__).resolve().parents[1] / "bench" / "eval" / "reported.yaml"
+
+
+def results_root() -> Path:
+    return Path(os.environ.get("BENCH_RESULTS", "results")).resolve()
+
+
+def inside(root: Path, *parts: str) -> Path | None:
+    """The file at root/parts if it exists and lies below root after resolving links, else None.
+
+    Every file the dashboard opens goes through here, so no URL parameter reaches outside the results folder.
+    """
+    try:
+        path = root.joinpath(*parts).resolve()
+    except (OSError, ValueError):
+        return None
+    return path if path.is_relative_to(root) and path.is_file() else None
+
+
+def stamp(root: Path) -> tuple[float, float]:
+    """Changes when runs are added or updated: the cache key of everything loaded below."""
+    index, runs = root / "index.sqlite", root / "runs"
+    return (index.stat().st_mtime if index.exists() else 0.0, runs.stat().st_mtime if runs.exists() else 0.0)
+
+
+def protocol_of(config: dict) -> dict:
+    """What must match for two numbers to compare: backend, reward, world and evaluation settings.
+
+    The temperature of p* is not part of it: it matters only for the *_star columns, shown beside them.
+    """
+    evaluation = config.get("eval", {})
+    return {
+        "backend": config["backend"], "reward": config["reward"], "world": config.get("world"),
+        "eval_samples": evaluation.get("samples"), "eval_seed": evaluation.get("seed"),
+    }
+
+
+def target_of(config: dict) -> float:
+    """The alpha_rew of the closed-form optimum that the run's *_star metrics measure distance to."""
+    return config.get("eval", {}).get("target_alpha_rew") or config["method"].get("alpha_rew")
+
+
+def protocol_label(protocol: dict) -> str:
+    world = protocol.get("world") or {}
+    parts = [f"{protocol['backend']}", f"reward {protocol['reward']}"]
+    if world:
+        parts.append(f"{world['image_size']}px, {world['prompts']} captions x {world['components']} modes, "
+                     f"s0 {world['s0']}")
+    parts.append(f"eval {protocol['eval_samples']} samples, seed {protocol['eval_seed']}")
+    return " | ".join(parts)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def load_runs(root: str, key: tuple) -> tuple[pd.DataFrame, list[str]]:
+    """One row a run, from the index; and a warning for every run folder that cannot be read."""
+    store = Store(root)
+    warnings, rows = [], []
+    indexed = set()
+    for row in store.rows():
+        indexed.add(row["id"])
+        try:
+            config = json.loads(row["config"])
+            summary = json.loads(row["summary"]) if row["summary"] else None
+        except (TypeError, json.JSONDecodeError):
+            warnings.append(f"skipped run {row['id']}: its index entry is corrupt (bench reindex may repair it)")
+            continue
+        if row["status"] == "finished" and not (summary and "metrics" in summary):
+            warnings.append(f"skipped run {row['id']}: finished but its summary is missing or partial")
+            continue
+        setting = {k: v for k, v in config.items() if k not in NOT_SETTINGS}
+        protocol = protocol_of(config)
+        metrics = (summary or {}).get("metrics", {})
+        rows.append({
+            "id": row["id"], "status": row["status"], "method": row["method"], "created": row["created"],
+            "seed": config.get("seed"), "study": row["study"], "trial": row["trial"],
+            "alpha_rew": config["method"].get("alpha_rew"), "alpha_cfg": config["method"].get("alpha_cfg"),
+            "p*_at": target_of(config),
+            "protocol": json.dumps(protocol, sort_keys=True), "protocol_label": protocol_label(protocol),
+            "setting": json.dumps(setting, sort_keys=True),
+            **{m: metrics.get(m) for m in METRICS},
+        })
+    runs_dir = Path(root) / "runs"
+    if runs_dir.exists():
+        for folder in runs_dir.iterdir():
+            if folder.name in indexed or not folder.is_dir():
+                continue
+            warnings.append(f"skipped run folder {folder.name}: not in the index, or its files are unreadable")
+    frame = pd.DataFrame(rows, columns=["id", "status", "method", "created", "seed", "study", "trial", "alpha_rew",
+                                        "alpha_cfg", "p*_at", "protocol", "protocol_label", "setting", *METRICS])
+    return frame, warnings
+
+
+@st.cache_data(show_spinner=False)
+def load_reported() -> list[dict]:
+    return yaml.safe_load(REPORTED.read_text()) or []
+
+
+def run_files(root: Path, run_id: str, runs: pd.DataFrame) -> dict | None:
+    """The readable files of a known run; None for an id that is not a run of this store."""
+    if run_id not in set(runs["id"]):
+        return None
+    config = inside(root, "runs", run_id, "config.yaml")
+    summary = inside(root, "runs", run_id, "summary.json")
+    metrics = inside(root, "runs", run_id, "metrics.jsonl")
+    grids = sorted((root / "runs" / run_id / "samples").glob("step_*.png")) if config else []
+    return {
+        "config": yaml.safe_load(config.read_text()) if config else {},
+        "summary": json.loads(summary.read_text()) if summary else None,
+        "records": [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]
+        if metrics else [],
+        "grids": {int(p.stem.split("_")[1]): p for p in grids if inside(root, "runs", run_id, "samples", p.name)},
+    }

@@ -1,0 +1,75 @@
+"""Methods by metrics, one table per evaluation protocol; seeds averaged; reported rows apart."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard.data import METRICS, load_reported
+
+LOWER_IS_BETTER = {"nll_ref", "fd_ref", "mmd_ref", "fd_star", "mmd_star"}
+
+
+def aggregate(group: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting (a configuration up to its seed): mean and spread over seeds."""
+    rows = []
+    for _, runs in group.groupby("setting", sort=False):
+        first = runs.iloc[0]
+        row = {"method": first["method"], "alpha_rew": first["alpha_rew"], "alpha_cfg": first["alpha_cfg"],
+               "p*_at": first["p*_at"], "seeds": len(runs)}
+        for metric in METRICS:
+            values = runs[metric].dropna()
+            row[metric] = values.mean() if len(values) else None
+            row[f"{metric}_sd"] = values.std(ddof=1) if len(values) > 1 else None
+        row["runs"] = ", ".join(runs["id"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_sd(mean, sd) -> str:
+    if mean is None or pd.isna(mean):
+        return "-"
+    return f"{mean:.4g}" + ("" if sd is None or pd.isna(sd) else f" ± {sd:.2g}")
+
+
+def formatted(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    out = table[["method", "alpha_rew", "alpha_cfg", "p*_at", "seeds"]].copy()
+    for metric in metrics:
+        out[metric] = [mean_sd(m, s) for m, s in zip(table[metric], table[f"{metric}_sd"], strict=True)]
+    out["runs"] = table["runs"]
+    return out
+
+
+def show(root, runs: pd.DataFrame) -> None:
+    st.title("Leaderboard")
+    st.caption("Rows are ranked together only when their evaluation protocol matches (backend, reward, world and "
+               "evaluation settings): each protocol has its own table. ± is the standard deviation over seeds. "
+               "The `*_star` columns measure distance to the optimum `p*` at `alpha_rew = p*_at`: compare them "
+               "between equal `p*_at`.")
+    finished = runs[(runs["status"] == "finished") & runs["study"].isna()]
+    include_sweeps = st.sidebar.checkbox("include sweep trials", value=False)
+    if include_sweeps:
+        finished = runs[runs["status"] == "finished"]
+    methods = sorted(finished["method"].unique())
+    chosen = st.sidebar.multiselect("methods", methods, default=methods)
+    metric = st.sidebar.selectbox("sort by", METRICS, index=0)
+    best_first = st.sidebar.checkbox("best first", value=True)
+    shown = finished[finished["method"].isin(chosen)]
+    if shown.empty:
+        st.info("No finished runs match. Start one with `bench run method=di_star`.")
+    for label, group in shown.groupby("protocol_label", sort=True):
+        table = aggregate(group)
+        ascending = (metric in LOWER_IS_BETTER) == best_first
+        table = table.sort_values(metric, ascending=ascending, na_position="last")
+        st.subheader(f"Protocol: {label}")
+        present = [m for m in METRICS if table[m].notna().any()]
+        st.table(formatted(table, present))
+
+    st.subheader("Reported in papers")
+    st.caption("Published numbers, flagged 'reported': not measured here, and ranked only with rows of the same "
+               "protocol.")
+    reported = load_reported()
+    frame = pd.DataFrame([{"status": "reported", "method": r["method"], **r["metrics"],
+                           "protocol": ", ".join(f"{k}={v}" for k, v in r["protocol"].items()),
+                           "source": r["source"]} for r in reported])
+    st.table(frame)

@@ -1,0 +1,56 @@
+"""One run: configuration, training curves, sample grids by step, per-prompt scores."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard.data import run_files
+
+
+def show(root, runs: pd.DataFrame) -> None:
+    st.title("Run")
+    if runs.empty:
+        st.info("No runs yet.")
+        return
+    ids = list(runs["id"])
+    wanted = st.query_params.get("run")
+    if wanted is not None and wanted not in ids:
+        st.error("The run named in the address is not a run of this results store.")
+        wanted = None
+    run_id = st.selectbox("run", ids, index=ids.index(wanted) if wanted else 0)
+    files = run_files(root, run_id, runs)
+    if files is None:
+        st.error("Unknown run.")
+        return
+    row = runs[runs["id"] == run_id].iloc[0]
+    st.markdown(f"**{run_id}**: {row['method']}, status **{row['status']}**")
+
+    train = pd.DataFrame([r for r in files["records"] if r.get("kind") == "train"])
+    evals = pd.DataFrame([{k: v for k, v in r.items() if k != "per_prompt"}
+                          for r in files["records"] if r.get("kind") == "eval"])
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Training")
+        for key in ("reward", "div", "loss_gen", "loss_fake"):
+            if key in train:
+                st.caption(key)
+                st.line_chart(train, x="step", y=key, height=160)
+    with right:
+        st.subheader("Evaluation (fixed seed set)")
+        for key in ("reward", "nll_ref", "coverage", "mmd_star"):
+            if key in evals:
+                st.caption(key)
+                st.line_chart(evals, x="step", y=key, height=160)
+
+    st.subheader("Samples")
+    if files["grids"]:
+        steps = sorted(files["grids"])
+        step = st.select_slider("step", steps, value=steps[-1])
+        st.image(files["grids"][step].read_bytes(), caption=f"step {step}: a row a caption, fixed noise")
+    summary = files["summary"]
+    if summary and summary.get("per_prompt"):
+        st.subheader("Per-prompt scores (final evaluation; row i is row i of the grid)")
+        st.table(pd.DataFrame(summary["per_prompt"]))
+    st.subheader("Configuration")
+    st.json(files["config"], expanded=False)

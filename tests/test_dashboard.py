@@ -1,0 +1,184 @@
+"""The leaderboard app, page by page, on a store of real analytic-world runs and a real sweep."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from bench.cli import main
+from bench.store import Store
+from dashboard.data import inside
+
+from conftest import ROOT
+
+APP = str(ROOT / "dashboard" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dashboard") / "results"
+    for args in (["method=di_pp", "seed=0"], ["method=di_pp", "seed=1"], ["method=kl_rlhf", "seed=0"]):
+        assert main(["run", "preset=smoke", f"results.dir={root}", *args]) == 0
+    assert main(["run", "preset=smoke", "method=toy_methods:Explodes", f"results.dir={root}"]) == 1
+    assert main(["sweep", "method=di_pp", "study=tiny", "n_trials=3", "train.steps=30", "world.hidden=64",
+                 f"results.dir={root}"]) == 0
+    (root / "runs" / "broken-run").mkdir()
+    (root / "runs" / "broken-run" / "run.json").write_text("{not json")
+    return root
+
+
+@pytest.fixture
+def app(store, monkeypatch):
+    monkeypatch.setenv("BENCH_RESULTS", str(store))
+
+    def make(**params):
+        at = AppTest.from_file(APP, default_timeout=60)
+        for key, value in params.items():
+            at.query_params[key] = value
+        return at.run()
+
+    return make
+
+
+def ids(store, **where):
+    rows = Store(store).rows()
+    return [r["id"] for r in rows if all(r[k] == v for k, v in where.items())]
+
+
+def texts(at, kind):
+    return " ".join(str(e.value) for e in getattr(at, kind))
+
+
+def test_leaderboard_averages_seeds_within_a_protocol_and_keeps_reported_rows_apart(app, store):
+    at = app()
+    assert not at.exception
+    assert "skipped run folder broken-run" in texts(at, "warning")
+    assert "ranked together only when their evaluation protocol matches" in texts(at, "caption")
+    measured, reported = at.table[0].value, at.table[-1].value
+    assert set(measured["method"]) == {"di_pp", "kl_rlhf"}
+    di_pp = measured[measured["method"] == "di_pp"].iloc[0]
+    assert di_pp["seeds"] == 2 and "±" in di_pp["reward"]
+    assert set(di_pp["runs"].split(", ")) == set(ids(store, method="di_pp", study=None, status="finished"))
+    assert set(reported["status"]) == {"reported"} and {"di_star", "di_pp"} <= set(reported["method"])
+    assert all(r not in json.dumps(measured.to_dict()) for r in ids(store, status="failed"))
+
+
+def test_leaderboard_filters_methods_and_sorts(app):
+    at = app()
+    at.sidebar.multiselect[0].set_value(["kl_rlhf"]).run()
+    assert list(at.table[0].value["method"]) == ["kl_rlhf"]
+    at.sidebar.multiselect[0].set_value(["di_pp", "kl_rlhf"]).run()
+    at.sidebar.selectbox[0].set_value("reward").run()
+    rewards = [float(v.split(" ")[0]) for v in at.table[0].value["reward"]]
+    assert rewards == sorted(rewards, reverse=True)
+
+
+def test_run_page_shows_curves_grids_and_per_prompt_scores(app, store):
+    run_id = ids(store, method="kl_rlhf")[0]
+    at = app(page="Run", run=run_id)
+    assert not at.exception
+    assert at.selectbox[0].value == run_id
+    kinds = [e.type for e in at.main]
+    assert kinds.count("vega_lite_chart") >= 6
+    assert "image" in kinds
+    assert at.select_slider[0].value == 60  # the last sample grid of the smoke preset
+    per_prompt = at.table[0].value
+    assert len(per_prompt) == 8 and per_prompt["caption"].iloc[0] == "a red circle"
+
+
+def test_compare_page_shows_deltas_against_the_first_run(app, store):
+    first, second = ids(store, method="di_pp", study=None, status="finished")
+    at = app(page="Compare")
+    at.multiselect[0].set_value([first, second]).run()
+    table = at.table[0].value
+    reward = [json.loads(Store(store).get(i).dir.joinpath("summary.json").read_text())["metrics"]["reward"]
+              for i in (first, second)]
+    assert float(table.loc["reward", f"Δ {second}"]) == pytest.approx(reward[1] - reward[0], abs=1e-3)
+
+
+def test_sweeps_page_lists_trials_and_maps_the_objective(app):
+    at = app(page="Sweeps")
+    assert not at.exception
+    trials = at.table[0].value
+    assert len(trials) == 3 and set(trials["state"]) == {"complete"}
+    assert [e.type for e in at.main].count("vega_lite_chart") >= 1
+
+
+@pytest.mark.parametrize("bad", ["../../../../etc/passwd", "/etc/passwd", "..", "broken-run/../../x"])
+def test_url_parameters_cannot_reach_outside_the_results_folder(app, bad):
+    at = app(page="Run", run=bad)
+    assert not at.exception
+    assert "not a run of this results store" in texts(at, "error")
+
+
+def test_inside_refuses_paths_and_links_that_leave_the_root(tmp_path):
+    root = tmp_path / "results"
+    (root / "runs").mkdir(parents=True)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("no")
+    (root / "runs" / "link").symlink_to(secret)
+    (root / "runs" / "ok.txt").write_text("yes")
+    assert inside(root, "runs", "ok.txt") == root / "runs" / "ok.txt"
+    assert inside(root, "runs", "link") is None
+    assert inside(root, "..", "secret.txt") is None
+    assert inside(root, "/etc/passwd") is None
+
+
+def chromium() -> str:
+    """Debian's chromium, installed here if it is missing and this is a root shell with apt."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("Debian's chromium is not installed and cannot be installed here (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, capture_output=True)
+    return shutil.which("chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_served_dashboard_in_a_real_browser_shows_the_run_ids(store, tmp_path):
+    browser = chromium()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bench", "dashboard", "--results", str(store), "--port",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--window-size=1600,1400"]
+        url = f"http://127.0.0.1:{port}/"
+        expected = ids(store, study=None, status="finished")
+        # The page fills in over a WebSocket once the app has run; the first, cold run can outlast the
+        # browser's virtual-time budget, so load until the page shows the runs (or give up after a few tries).
+        for _ in range(4):
+            dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True,
+                                 timeout=120).stdout
+            if all(run_id in dom for run_id in expected):
+                break
+        shot = tmp_path / "leaderboard.png"
+        subprocess.run([browser, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    for run_id in expected:
+        assert run_id in dom
+    # A rendered leaderboard (tables, text) is far larger than the blank page shown before the app runs.
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
