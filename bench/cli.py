@@ -14,6 +14,7 @@ Commands:
   run        train a one-step generator with an alignment method    bench run method=di_star
   runs       list stored runs, or show one                          bench runs list | bench runs show ID
   sweep      Optuna study over alpha_rew, alpha_cfg and any key     bench sweep method=di_star n_trials=12
+  eval       score a run on a prompt set with fixed seeds             bench eval run=ID n=64
   dashboard  the Streamlit leaderboard on 127.0.0.1                 bench dashboard [--port 8501]
 
 Every command takes results.dir=PATH (or the environment variable BENCH_RESULTS) to pick the results store.
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    commands = {"run": cmd_run, "runs": cmd_runs, "sweep": cmd_sweep, "dashboard": cmd_dashboard}
+    commands = {"run": cmd_run, "runs": cmd_runs, "sweep": cmd_sweep, "eval": cmd_eval,
+                "dashboard": cmd_dashboard}
     name, args = argv[0], argv[1:]
     try:
         if name not in commands:
@@ -258,3 +260,40 @@ def cmd_dashboard(args: list[str]) -> int:
                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
     print(f"bench dashboard: http://{options['--address']}:{options['--port']} (results {root})", flush=True)
     return subprocess.call(command, env={**os.environ, "BENCH_RESULTS": str(root)})
+
+
+EVAL_USAGE = """usage: bench eval run=ID|latest [prompts=analytic] [n=64] [seed=0] [batch=256] [results.dir=PATH]
+
+Generate n images per prompt with the run's EMA generator and fixed per-image seeds, score each, and store
+images, per-image scores and a summary with the full protocol under the run's evals/ folder. Running the same
+command again resumes: images already scored are skipped."""
+
+
+def cmd_eval(args: list[str]) -> int:
+    if wants_help(args) or not args:
+        print(EVAL_USAGE)
+        return 0
+    store, args = store_from(args)
+    options = {"run": None, "prompts": "analytic", "n": "64", "seed": "0", "batch": "256"}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in options:
+            raise UsageError(f"bench eval takes {', '.join(k + '=' for k in options)}, got '{arg}'")
+        options[key] = value
+    if options["run"] is None:
+        raise UsageError("bench eval needs run=ID (bench runs list shows them) or run=latest")
+    numbers = {}
+    for key, low in (("n", 2), ("seed", 0), ("batch", 1)):
+        if not options[key].isdigit() or int(options[key]) < low:
+            raise UsageError(f"{key} must be a whole number of at least {low}, got '{options[key]}'")
+        numbers[key] = int(options[key])
+    from bench.eval.runner import evaluate_run
+
+    run = store.latest() if options["run"] == "latest" else store.get(options["run"])
+    summary = evaluate_run(store, run, options["prompts"], numbers["n"], numbers["seed"], numbers["batch"],
+                           progress=sys.stderr.isatty() or os.environ.get("BENCH_PROGRESS") == "1")
+    lines = [f"evaluation {summary['eval_id']} of run {run.id}: {summary['protocol']['images']} images"]
+    lines += [f"  {key:<10}{value:>10.4g}" for key, value in summary["metrics"].items()]
+    lines.append(f"  folder: {run.dir / 'evals' / summary['eval_id']}")
+    print("\n".join(lines))
+    return 0

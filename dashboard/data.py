@@ -107,6 +107,22 @@ def load_runs(root: str, key: tuple) -> tuple[pd.DataFrame, list[str]]:
     return frame, warnings
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def load_evals(root: str, key: tuple) -> pd.DataFrame:
+    """One row an evaluation (bench eval), with its protocol less what differs by run (the checkpoint)."""
+    rows = []
+    for row in Store(root).evals():
+        protocol = json.loads(row["protocol"])
+        shared = {k: v for k, v in protocol.items() if k not in ("checkpoint_sha256", "checkpoint_step")}
+        prompt_set = protocol["prompt_set"]
+        label = (f"{protocol['backend']} | prompts {prompt_set['name']} v{prompt_set['version']}, "
+                 f"{prompt_set['per_prompt']} a prompt, seed {prompt_set['seed']} | "
+                 + ", ".join(protocol["metrics"].values()))
+        rows.append({"run": row["run_id"], "eval": row["eval_id"], "protocol": json.dumps(shared, sort_keys=True),
+                     "protocol_label": label, **json.loads(row["metrics"])})
+    return pd.DataFrame(rows)
+
+
 @st.cache_data(show_spinner=False)
 def load_reported() -> list[dict]:
     return yaml.safe_load(REPORTED.read_text()) or []
@@ -120,10 +136,18 @@ def run_files(root: Path, run_id: str, runs: pd.DataFrame) -> dict | None:
     summary = inside(root, "runs", run_id, "summary.json")
     metrics = inside(root, "runs", run_id, "metrics.jsonl")
     grids = sorted((root / "runs" / run_id / "samples").glob("step_*.png")) if config else []
+    evals = {}
+    for folder in sorted((root / "runs" / run_id / "evals").glob("*")) if config else []:
+        summary_path = inside(root, "runs", run_id, "evals", folder.name, "summary.json")
+        if summary_path:
+            images = sorted(p for p in (folder / "images").glob("*.png")
+                            if inside(root, "runs", run_id, "evals", folder.name, "images", p.name))
+            evals[folder.name] = {"summary": json.loads(summary_path.read_text()), "images": images}
     return {
         "config": yaml.safe_load(config.read_text()) if config else {},
         "summary": json.loads(summary.read_text()) if summary else None,
         "records": [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]
         if metrics else [],
         "grids": {int(p.stem.split("_")[1]): p for p in grids if inside(root, "runs", run_id, "samples", p.name)},
+        "evals": evals,
     }

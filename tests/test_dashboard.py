@@ -15,6 +15,7 @@ from bench.cli import main
 from bench.store import Store
 from dashboard.data import inside
 
+from browser import wait_and_capture
 from conftest import ROOT
 
 APP = str(ROOT / "dashboard" / "app.py")
@@ -26,6 +27,8 @@ def store(tmp_path_factory):
     for args in (["method=di_pp", "seed=0"], ["method=di_pp", "seed=1"], ["method=kl_rlhf", "seed=0"]):
         assert main(["run", "preset=smoke", f"results.dir={root}", *args]) == 0
     assert main(["run", "preset=smoke", "method=toy_methods:Explodes", f"results.dir={root}"]) == 1
+    kl_run = next(r["id"] for r in Store(root).rows() if r["method"] == "kl_rlhf")
+    assert main(["eval", f"run={kl_run}", "n=8", f"results.dir={root}"]) == 0
     assert main(["sweep", "method=di_pp", "study=tiny", "n_trials=3", "train.steps=30", "world.hidden=64",
                  f"results.dir={root}"]) == 0
     (root / "runs" / "broken-run").mkdir()
@@ -66,6 +69,9 @@ def test_leaderboard_averages_seeds_within_a_protocol_and_keeps_reported_rows_ap
     assert di_pp["seeds"] == 2 and "±" in di_pp["reward"]
     assert set(di_pp["runs"].split(", ")) == set(ids(store, method="di_pp", study=None, status="finished"))
     assert set(reported["status"]) == {"reported"} and {"di_star", "di_pp"} <= set(reported["method"])
+    evaluated = at.table[1].value
+    assert list(evaluated["run"]) == ids(store, method="kl_rlhf") and list(evaluated["eval"]) == ["analytic-n8-seed0"]
+    assert "prompts analytic" in " ".join(str(s.value) for s in at.subheader)
     assert all(r not in json.dumps(measured.to_dict()) for r in ids(store, status="failed"))
 
 
@@ -90,6 +96,8 @@ def test_run_page_shows_curves_grids_and_per_prompt_scores(app, store):
     assert at.select_slider[0].value == 60  # the last sample grid of the smoke preset
     per_prompt = at.table[0].value
     assert len(per_prompt) == 8 and per_prompt["caption"].iloc[0] == "a red circle"
+    evaluation = at.table[1].value  # the bench eval of this run, with its per-prompt scores
+    assert len(evaluation) == 8 and "Evaluation analytic-n8-seed0" in " ".join(str(s.value) for s in at.subheader)
 
 
 def test_compare_page_shows_deltas_against_the_first_run(app, store):
@@ -154,6 +162,7 @@ def test_served_dashboard_in_a_real_browser_shows_the_run_ids(store, tmp_path):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "bench", "dashboard", "--results", str(store), "--port",
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    expected = ids(store, study=None, status="finished")
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -161,24 +170,12 @@ def test_served_dashboard_in_a_real_browser_shows_the_run_ids(store, tmp_path):
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.2)
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--window-size=1600,1400"]
-        url = f"http://127.0.0.1:{port}/"
-        expected = ids(store, study=None, status="finished")
-        # The page fills in over a WebSocket once the app has run; the first, cold run can outlast the
-        # browser's virtual-time budget, so load until the page shows the runs (or give up after a few tries).
-        for _ in range(4):
-            dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True,
-                                 timeout=120).stdout
-            if all(run_id in dom for run_id in expected):
-                break
-        shot = tmp_path / "leaderboard.png"
-        subprocess.run([browser, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+        text, png = wait_and_capture(browser, f"http://127.0.0.1:{port}/", expected, str(tmp_path / "profile"))
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert "Leaderboard" in text
     for run_id in expected:
-        assert run_id in dom
-    # A rendered leaderboard (tables, text) is far larger than the blank page shown before the app runs.
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+        assert run_id in text
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a blank page is about 11 kB
+    (tmp_path / "leaderboard.png").write_bytes(png)

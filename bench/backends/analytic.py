@@ -117,10 +117,30 @@ class AnalyticBackend:
     def evaluate(self, generator: nn.Module, total: int, seed: int) -> tuple[dict[str, float], list[dict]]:
         """Metrics averaged over captions, and one row per caption (named) for the per-prompt view."""
         z, cond = self.eval_inputs(total, seed)
-        x = generator(z, cond)
+        return self.metrics_of(generator(z, cond), cond, seed)
+
+    def metrics_of(self, x: Tensor, cond: Tensor, seed: int) -> tuple[dict[str, float], list[dict]]:
         rng = torch.Generator().manual_seed(seed + 1)
         metrics, rows = world_metrics(x, cond, self.reference, self.reward, self.optimum, rng)
         return metrics, [{**row, "caption": self.captions[row["caption"]]} for row in rows]
+
+    def image_scores(self, x: Tensor, cond: Tensor) -> dict[str, Tensor]:
+        """Per-image scores for `bench eval`: the reward and the exact reference NLL (nats per dimension)."""
+        zero = torch.zeros(len(cond))
+        nll = -self.reference.log_prob(x, zero + 1, zero, cond) / self.reference.dim
+        return {"reward": self.reward(x, cond), "nll_ref": nll}
+
+    def image_noise(self, index: int, seed: int) -> Tensor:
+        """The noise of image `index` of an evaluation: fixed by (seed, index) alone, whatever the batching."""
+        return torch.randn(self.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + index))
+
+    @staticmethod
+    def to_pil(x: Tensor, scale: int = 4):
+        from PIL import Image
+
+        pixels = ((x.clamp(-1, 1).permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        image = Image.fromarray(pixels)
+        return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
 
     @torch.no_grad()
     def describe_optimum(self, total: int, seed: int) -> dict[str, float] | None:
@@ -133,13 +153,8 @@ class AnalyticBackend:
     @torch.no_grad()
     def save_grid(self, generator: nn.Module, path: Path, per_caption: int = 8, scale: int = 4) -> None:
         """Rows are captions, columns samples from the fixed evaluation noise; pixels enlarged for viewing."""
-        from PIL import Image
-
         z, cond = self.eval_inputs(per_caption * len(self.captions), seed=0)
         x = generator(z, cond).clamp(-1, 1)
         rows, side = len(self.captions), self.shape[-1]
         grid = x.reshape(rows, per_caption, 3, side, side).permute(0, 3, 1, 4, 2)
-        grid = grid.reshape(rows * side, per_caption * side, 3)
-        pixels = ((grid + 1) * 127.5).round().to(torch.uint8).numpy()
-        image = Image.fromarray(pixels).resize((per_caption * side * scale, rows * side * scale), Image.NEAREST)
-        image.save(path)
+        self.to_pil(grid.reshape(rows * side, per_caption * side, 3).permute(2, 0, 1), scale).save(path)

@@ -6,7 +6,8 @@
                      checkpoints/latest.pt
                      samples/step_NNNNNN.png
                      summary.json     final metrics with provenance
-    <root>/index.sqlite               one row a run, for listings, sweeps and the leaderboard
+                     evals/<eval id>/ protocol.json, scores.jsonl, images/, samples/, summary.json
+    <root>/index.sqlite               one row a run (and one an evaluation), for listings, sweeps, the leaderboard
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ class Store:
         db = sqlite3.connect(self.db_path, timeout=60)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"CREATE TABLE IF NOT EXISTS runs ({', '.join(COLUMNS)}, PRIMARY KEY (id))")
+        db.execute("CREATE TABLE IF NOT EXISTS evals (run_id, eval_id, created, protocol, metrics, "
+                   "PRIMARY KEY (run_id, eval_id))")
         return db
 
     def create(self, config: dict, *, study: str | None = None, trial: int | None = None) -> Run:
@@ -132,12 +135,28 @@ class Store:
                 [row[c] for c in COLUMNS],
             )
 
+    def index_eval(self, run: Run, summary: dict) -> None:
+        with closing(self.connect()) as db, db:
+            db.execute("INSERT OR REPLACE INTO evals VALUES (?, ?, ?, ?, ?)",
+                       (run.id, summary["eval_id"], now(), json.dumps(summary["protocol"], sort_keys=True),
+                        json.dumps(summary["metrics"])))
+
+    def evals(self) -> list[dict]:
+        if not self.db_path.exists():
+            return []
+        with closing(self.connect()) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute("SELECT * FROM evals ORDER BY created DESC")]
+
     def reindex(self) -> int:
         """Rebuild the index from the run folders (after copying folders in, or losing the index)."""
         count = 0
         for folder in sorted(self.runs_dir.glob("*")):
             if (folder / "run.json").exists() and (folder / "config.yaml").exists():
-                self.index(Run(self, folder.name))
+                run = Run(self, folder.name)
+                self.index(run)
+                for summary in folder.glob("evals/*/summary.json"):
+                    self.index_eval(run, json.loads(summary.read_text()))
                 count += 1
         return count
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import METRICS, load_reported
+from dashboard.data import METRICS, load_evals, load_reported, stamp
 
 LOWER_IS_BETTER = {"nll_ref", "fd_ref", "mmd_ref", "fd_star", "mmd_star"}
 
@@ -64,6 +64,21 @@ def show(root, runs: pd.DataFrame) -> None:
         st.subheader(f"Protocol: {label}")
         present = [m for m in METRICS if table[m].notna().any()]
         st.table(formatted(table, present))
+
+    evaluations = load_evals(str(root), stamp(root))
+    if not evaluations.empty:
+        st.header("Evaluations (bench eval)")
+        st.caption("One table per evaluation protocol: prompt set and version, images per prompt, seed, metric "
+                   "versions.")
+        methods_of = dict(zip(runs["id"], runs["method"], strict=True))
+        for label, group in evaluations.groupby("protocol_label", sort=True):
+            st.subheader(f"Protocol: {label}")
+            table = group.drop(columns=["protocol", "protocol_label"]).assign(
+                method=[methods_of.get(r, "?") for r in group["run"]])
+            present = [m for m in METRICS if m in table and table[m].notna().any()]
+            table = table.sort_values(metric if metric in table else present[0],
+                                      ascending=(metric in LOWER_IS_BETTER) == best_first)
+            st.table(table[["run", "method", "eval", *present]])
 
     st.subheader("Reported in papers")
     st.caption("Published numbers, flagged 'reported': not measured here, and ranked only with rows of the same "

@@ -52,5 +52,13 @@ def show(root, runs: pd.DataFrame) -> None:
     if summary and summary.get("per_prompt"):
         st.subheader("Per-prompt scores (final evaluation; row i is row i of the grid)")
         st.table(pd.DataFrame(summary["per_prompt"]))
+    for eval_id, evaluation in files["evals"].items():
+        st.subheader(f"Evaluation {eval_id}")
+        st.caption(", ".join(f"{k}={v}" for k, v in evaluation["summary"]["protocol"]["prompt_set"].items()))
+        st.table(pd.DataFrame(evaluation["summary"]["per_prompt"]))
+        per_prompt = evaluation["summary"]["protocol"]["prompt_set"]["per_prompt"]
+        firsts = evaluation["images"][::per_prompt]
+        st.image([p.read_bytes() for p in firsts], caption=[r["caption"] for r in evaluation["summary"]["per_prompt"]],
+                 width=96)
     st.subheader("Configuration")
     st.json(files["config"], expanded=False)
