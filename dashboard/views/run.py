@@ -8,6 +8,14 @@ import streamlit as st
 from dashboard.data import run_files
 
 
+def curves(title: str, records: pd.DataFrame, keys: tuple[str, ...]) -> None:
+    st.subheader(title)
+    for key in keys:
+        if key in records:
+            st.caption(key)
+            st.line_chart(records, x="step", y=key, height=160)
+
+
 def show(root, runs: pd.DataFrame) -> None:
     st.title("Run")
     if runs.empty:
@@ -31,17 +39,9 @@ def show(root, runs: pd.DataFrame) -> None:
                           for r in files["records"] if r.get("kind") == "eval"])
     left, right = st.columns(2)
     with left:
-        st.subheader("Training")
-        for key in ("reward", "div", "loss_gen", "loss_fake"):
-            if key in train:
-                st.caption(key)
-                st.line_chart(train, x="step", y=key, height=160)
+        curves("Training", train, ("reward", "div", "loss_gen", "loss_fake"))
     with right:
-        st.subheader("Evaluation (fixed seed set)")
-        for key in ("reward", "nll_ref", "coverage", "mmd_star"):
-            if key in evals:
-                st.caption(key)
-                st.line_chart(evals, x="step", y=key, height=160)
+        curves("Evaluation (fixed seed set)", evals, ("reward", "nll_ref", "coverage", "mmd_star"))
 
     st.subheader("Samples")
     if files["grids"]:
