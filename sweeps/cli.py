@@ -163,8 +163,10 @@ def best_text(study) -> str:
     lines = [f"{title} of study {study.study_name}:"]
     for t in best:
         values = ", ".join(f"{m}={v:.4g}" for m, v in zip(objectives, t.values, strict=True))
-        command = ["bench run", f"method={identity['method']}", *(f"{k}={v}" for k, v in fixed.items()),
-                   *identity["run_args"], *(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in t.params.items())]
+        # The same layers as the trial (space's fixed < command line < searched), each key once.
+        settings = {"method": identity["method"], **fixed}
+        settings.update(arg.partition("=")[::2] for arg in identity["run_args"])
+        settings.update({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in t.params.items()})
+        command = ["bench run", *(f"{k}={v}" for k, v in settings.items())]
         lines += [f"  trial {t.number}: {values}", f"    {' '.join(command)}"]
     return "\n".join(lines)

@@ -122,9 +122,15 @@ def heartbeat(study, trial):
         thread.join()
 
 
+def has_heartbeat(study) -> bool:
+    """Only SQL storages beat hearts in Optuna; a journal file cannot tell a dead worker from a slow one."""
+    storage = study._storage
+    return hasattr(storage, "get_heartbeat_interval") and bool(storage.get_heartbeat_interval())
+
+
 def recover_stale(study, store: Store) -> None:
     """Fail and re-queue trials whose worker stopped beating, and fail their runs."""
-    if not hasattr(study._storage, "get_heartbeat_interval") or not study._storage.get_heartbeat_interval():
+    if not has_heartbeat(study):
         return
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     optuna.storages.fail_stale_trials(study)
@@ -139,7 +145,8 @@ def next_trial(study, n_trials: int, lock: Path | None, store: Store):
     """The next trial to run, or None when the study has reached its target.
 
     Waiting (re-queued) trials come first. A new trial is created only while fewer than n_trials are done or
-    running; while some still run elsewhere and none can be started, wait: they may yet fail and come back.
+    running; while some still run elsewhere and none can be started, wait, because they may yet go stale and
+    come back, but only where heartbeats can tell (else a dead worker's trial would hold us forever).
     """
     while True:
         recover_stale(study, store)
@@ -150,7 +157,7 @@ def next_trial(study, n_trials: int, lock: Path | None, store: Store):
             running = sum(t.state == TrialState.RUNNING for t in trials)
             if waiting or done + running < n_trials:
                 return study.ask()
-            if running == 0:
+            if running == 0 or not has_heartbeat(study):
                 return None
         time.sleep(1.0)
 

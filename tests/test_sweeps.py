@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from bench.cli import main
+from bench.config import build_config
 from bench.store import Store
 
 from conftest import ROOT, bench
@@ -43,7 +44,9 @@ def test_sweep_finds_a_configuration_that_beats_the_default(results, capsys):
     assert study.best_value < default_value
     # The printed command line reproduces the best trial's settings.
     command = next(line.strip() for line in out.splitlines() if line.strip().startswith("bench run"))
-    assert f"method.alpha_rew={study.best_params['method.alpha_rew']:.6g}" in command
+    best = build_config(command.split()[2:])
+    assert best.method.alpha_rew == pytest.approx(study.best_params["method.alpha_rew"], rel=1e-5)
+    assert best.train.steps == 150 and best.eval.target_alpha_rew == 20
     linked = Store(results).rows("WHERE study = ?", ("di_star-reward_vs_cfg",))
     assert len(linked) == 12 and {r["trial"] for r in linked} == set(range(12))
 
@@ -153,3 +156,11 @@ def test_status_of_a_missing_study_names_the_ones_there(results, capsys):
     capsys.readouterr()
     assert main(["sweep", "status", "study=presnt", f"results.dir={results}"]) == 2
     assert "no study 'presnt' in this storage; did you mean 'present'?" in capsys.readouterr().err
+
+
+def test_a_journal_file_storage_works_without_heartbeats(results, tmp_path, capsys):
+    journal = tmp_path / "journal.log"
+    assert main(["sweep", "method=di_pp", "study=j", "n_trials=2", f"storage=journal:{journal}",
+                 f"results.dir={results}", *FAST, "train.steps=20"]) == 0
+    assert main(["sweep", "status", "study=j", f"storage=journal:{journal}", f"results.dir={results}"]) == 0
+    assert "2 complete" in capsys.readouterr().out
