@@ -164,3 +164,28 @@ def test_a_journal_file_storage_works_without_heartbeats(results, tmp_path, caps
                  f"results.dir={results}", *FAST, "train.steps=20"]) == 0
     assert main(["sweep", "status", "study=j", f"storage=journal:{journal}", f"results.dir={results}"]) == 0
     assert "2 complete" in capsys.readouterr().out
+
+
+def test_studies_open_in_optuna_dashboard(results):
+    """optuna-dashboard's own WSGI app reads our storage and lists the study with all its trials."""
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna_dashboard
+
+    assert main(["sweep", "method=di_pp", "study=viewed", "n_trials=2", f"results.dir={results}", *FAST,
+                 "train.steps=20"]) == 0
+    app = optuna_dashboard.wsgi(storage_of(results))
+
+    def get(path):
+        environ = {}
+        setup_testing_defaults(environ)
+        environ["PATH_INFO"] = path
+        status = []
+        body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+        assert status == ["200 OK"]
+        return json.loads(body)
+
+    (summary,) = get("/api/studies")["study_summaries"]
+    assert summary["study_name"] == "viewed"
+    trials = get(f"/api/studies/{summary['study_id']}")["trials"]
+    assert len(trials) == 2 and {t["state"] for t in trials} == {"Complete"}
