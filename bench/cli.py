@@ -14,7 +14,8 @@ Commands:
   run        train a one-step generator with an alignment method    bench run method=di_star
   runs       list stored runs, or show one                          bench runs list | bench runs show ID
   sweep      Optuna study over alpha_rew, alpha_cfg and any key     bench sweep method=di_star n_trials=12
-  eval       score a run on a prompt set with fixed seeds             bench eval run=ID n=64
+  eval       score a run on a prompt set with fixed seeds           bench eval run=ID n=64
+  prompts    show a prompt set: size, version, a seeded subset      bench prompts coco:captions.json n=100
   dashboard  the Streamlit leaderboard on 127.0.0.1                 bench dashboard [--port 8501]
 
 Every command takes results.dir=PATH (or the environment variable BENCH_RESULTS) to pick the results store.
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    commands = {"run": cmd_run, "runs": cmd_runs, "sweep": cmd_sweep, "eval": cmd_eval,
+    commands = {"run": cmd_run, "runs": cmd_runs, "sweep": cmd_sweep, "eval": cmd_eval, "prompts": cmd_prompts,
                 "dashboard": cmd_dashboard}
     name, args = argv[0], argv[1:]
     try:
@@ -296,4 +297,37 @@ def cmd_eval(args: list[str]) -> int:
     lines += [f"  {key:<10}{value:>10.4g}" for key, value in summary["metrics"].items()]
     lines.append(f"  folder: {run.dir / 'evals' / summary['eval_id']}")
     print("\n".join(lines))
+    return 0
+
+
+PROMPTS_USAGE = """usage: bench prompts SET [n=N] [seed=S] [--json]
+
+SET is builtin, analytic, coco:PATH (annotation JSON or one caption a line), hps_v2:DIR (the four style JSON
+files) or parti:PATH (TSV). Prints the set's size and version and its prompts, or a subset of n chosen with
+seed (the same on every machine)."""
+
+
+def cmd_prompts(args: list[str]) -> int:
+    from bench.eval.prompts import load_prompt_set
+
+    if wants_help(args) or not args:
+        print(PROMPTS_USAGE)
+        return 0
+    spec, options, as_json = args[0], {"n": None, "seed": "0"}, "--json" in args
+    for arg in (a for a in args[1:] if a != "--json"):
+        key, sep, value = arg.partition("=")
+        if not sep or key not in options or not value.isdigit():
+            raise UsageError(f"bench prompts takes n=N and seed=S (whole numbers), got '{arg}'")
+        options[key] = value
+    prompts = load_prompt_set(spec)
+    if options["n"] is not None:
+        prompts = prompts.subset(int(options["n"]), int(options["seed"]))
+    if as_json:
+        print(json.dumps({"name": prompts.name, "version": prompts.version, "prompts": list(prompts.prompts),
+                          "styles": list(prompts.styles) if prompts.styles else None}, indent=2))
+    else:
+        print(f"{prompts.name}: {len(prompts.prompts)} prompts, version {prompts.version}")
+        for i, text in enumerate(prompts.prompts):
+            style = f"[{prompts.styles[i]}] " if prompts.styles else ""
+            print(f"  {i:>5}  {style}{text}")
     return 0
