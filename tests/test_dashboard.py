@@ -31,6 +31,8 @@ def store(tmp_path_factory):
     assert main(["eval", f"run={kl_run}", "n=8", f"results.dir={root}"]) == 0
     assert main(["sweep", "method=di_pp", "study=tiny", "n_trials=3", "train.steps=30", "world.hidden=64",
                  f"results.dir={root}"]) == 0
+    assert main(["sweep", "method=kl_rlhf", "space=reward_vs_nll", "study=front", "n_trials=4", "train.steps=30",
+                 "world.hidden=64", f"results.dir={root}"]) == 0
     (root / "runs" / "broken-run").mkdir()
     (root / "runs" / "broken-run" / "run.json").write_text("{not json")
     return root
@@ -112,10 +114,25 @@ def test_compare_page_shows_deltas_against_the_first_run(app, store):
 
 def test_sweeps_page_lists_trials_and_maps_the_objective(app):
     at = app(page="Sweeps")
+    at.selectbox[0].set_value("tiny").run()
     assert not at.exception
     trials = at.table[0].value
     assert len(trials) == 3 and set(trials["state"]) == {"complete"}
-    assert [e.type for e in at.main].count("vega_lite_chart") >= 1
+    headings = " ".join(str(s.value) for s in at.subheader)
+    assert "mmd_star over alpha_rew and alpha_cfg" in headings and "Parameter importance for mmd_star" in headings
+    assert [e.type for e in at.main].count("vega_lite_chart") >= 2  # the map and the importance bars
+
+
+def test_sweeps_page_draws_the_pareto_front_of_a_multi_objective_study(app, store):
+    import optuna
+
+    at = app(page="Sweeps")
+    at.selectbox[0].set_value("front").run()
+    assert not at.exception
+    trials = at.table[0].value
+    study = optuna.load_study(study_name="front", storage=f"sqlite:///{store}/studies.db")
+    assert set(trials.loc[trials["pareto"], "trial"]) == {t.number for t in study.best_trials}
+    assert "Pareto front" in " ".join(str(s.value) for s in at.subheader)
 
 
 @pytest.mark.parametrize("bad", ["../../../../etc/passwd", "/etc/passwd", "..", "broken-run/../../x"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import altair as alt
 import optuna
 import pandas as pd
@@ -57,12 +59,16 @@ def show(root, runs: pd.DataFrame) -> None:
         st.altair_chart(alt.Chart(complete).mark_circle(size=120).encode(
             x=f"{objectives[0]}:Q", y=f"{objectives[1]}:Q", color="pareto:N", tooltip=["trial", *objectives],
         ), width="stretch")
-    st.subheader("Parameter importance")
+    st.subheader(f"Parameter importance for {objectives[0]}")
     study = optuna.load_study(study_name=name, storage=url)
+    # PED-ANOVA asks which parameters lead to *low* targets: flip an objective that is maximised.
+    sign = -1.0 if directions[0] == "maximize" else 1.0
     try:
-        importance = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
-            target=(lambda t: t.values[0]) if len(objectives) > 1 else None)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes the importances")
+            importance = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+                target=lambda t: sign * t.values[0])
         st.bar_chart(pd.Series(importance, name="importance"))
     except (RuntimeError, ValueError) as err:
         st.info(f"Not enough complete trials to estimate importance yet ({err}).")
