@@ -3,6 +3,9 @@
 import pytest
 import torch
 
+from bench.config import build_config
+from bench.method import GeneratorBatch
+from bench.train.trainer import Trainer
 from methods.di_pp import DIpp
 from methods.di_star import DIStar
 from methods.kl_rlhf import KLRLHF
@@ -76,3 +79,26 @@ def test_generator_equal_to_reference_is_a_fixed_point(method):
         assert g_still.norm() < 1e-6 * max(1.0, g_pushed.norm())
     assert pushed[0].norm() > 1e-3
     assert DIM == 3
+
+
+def test_ikl_surrogate_gradient_in_x0_is_alpha_w_score_gap_on_a_real_batch():
+    """On the analytic backend's own networks: d/dx0 of the DI++ surrogate is alpha_t w(t) (s_psi - s~_ref)(x_t)."""
+    cfg = build_config(["method=di_pp", "method.alpha_cfg=1.7", "world.hidden=32"])
+    trainer = Trainer(cfg, run=None, progress=False)  # only its networks and noise are used here
+    backend, method = trainer.backend, trainer.method
+    torch.nn.init.normal_(backend.fake.residual.net[-1].weight, std=0.1)  # a fake score that differs from the ref
+    z, cond = backend.sample_inputs(16, torch.Generator().manual_seed(0))
+    x0 = backend.generator(z, cond).detach().requires_grad_(True)
+    t, alpha, sigma, eps, x_t = trainer.noisy(x0)
+    a, s = alpha.reshape(-1, 1, 1, 1), sigma.reshape(-1, 1, 1, 1)
+    batch = GeneratorBatch(
+        x0=x0, x_t=x_t, eps=eps, alpha=a, sigma=s, weight=method.weight(alpha, sigma),
+        fake_score=lambda x: -backend.fake_eps(x, t, alpha, sigma, cond) / s,
+        ref_cond=lambda x: backend.ref_score(x, alpha, sigma, cond),
+        ref_uncond=lambda x: backend.ref_score(x, alpha, sigma, None))
+    (grad,) = torch.autograd.grad(method.regulariser(batch).sum(), x0)
+    with torch.no_grad():
+        gap = batch.fake_score(x_t) - batch.ref_score(x_t, 1.7)
+    expected = a * method.weight(alpha, sigma).reshape(-1, 1, 1, 1) * gap
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
+    assert gap.abs().mean() > 1e-3
