@@ -27,7 +27,7 @@ def store(tmp_path_factory):
     for args in (["method=di_pp", "seed=0"], ["method=di_pp", "seed=1"], ["method=kl_rlhf", "seed=0"]):
         assert main(["run", "preset=smoke", f"results.dir={root}", *args]) == 0
     assert main(["run", "preset=smoke", "method=toy_methods:Explodes", f"results.dir={root}"]) == 1
-    kl_run = next(r["id"] for r in Store(root).rows() if r["method"] == "kl_rlhf")
+    kl_run = next(r["id"] for r in Store(root).rows() if r["method"] == "kl_rlhf" and r["study"] is None)
     assert main(["eval", f"run={kl_run}", "n=8", f"results.dir={root}"]) == 0
     assert main(["sweep", "method=di_pp", "study=tiny", "n_trials=3", "train.steps=30", "world.hidden=64",
                  f"results.dir={root}"]) == 0
@@ -72,7 +72,8 @@ def test_leaderboard_averages_seeds_within_a_protocol_and_keeps_reported_rows_ap
     assert set(di_pp["runs"].split(", ")) == set(ids(store, method="di_pp", study=None, status="finished"))
     assert set(reported["status"]) == {"reported"} and {"di_star", "di_pp"} <= set(reported["method"])
     evaluated = at.table[1].value
-    assert list(evaluated["run"]) == ids(store, method="kl_rlhf") and list(evaluated["eval"]) == ["analytic-n8-seed0"]
+    assert list(evaluated["run"]) == ids(store, method="kl_rlhf", study=None)
+    assert list(evaluated["eval"]) == ["analytic-n8-seed0"]
     assert "prompts analytic" in " ".join(str(s.value) for s in at.subheader)
     assert all(r not in json.dumps(measured.to_dict()) for r in ids(store, status="failed"))
 
@@ -88,7 +89,7 @@ def test_leaderboard_filters_methods_and_sorts(app):
 
 
 def test_run_page_shows_curves_grids_and_per_prompt_scores(app, store):
-    run_id = ids(store, method="kl_rlhf")[0]
+    run_id = ids(store, method="kl_rlhf", study=None)[0]
     at = app(page="Run", run=run_id)
     assert not at.exception
     assert at.selectbox[0].value == run_id
