@@ -22,7 +22,6 @@ Every command takes results.dir=PATH (or the environment variable BENCH_RESULTS)
 `bench COMMAND --help` explains a command and lists its keys."""
 
 RESUME_KEYS = ("resume", "results.dir", "device")
-REPORTED = ("reward", "nll_ref", "coverage", "precision", "fd_ref", "mmd_ref", "fd_star", "mmd_star")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +43,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def wants_help(args: list[str]) -> bool:
     return any(a in ("-h", "--help") for a in args)
+
+
+def show_progress() -> bool:
+    """Progress bars on a terminal; in logs (CI, cluster jobs) only when asked for with BENCH_PROGRESS=1."""
+    return sys.stderr.isatty() or os.environ.get("BENCH_PROGRESS") == "1"
+
+
+def whole_number(key: str, text: str, low: int = 0) -> int:
+    if not text.isdigit() or int(text) < low:
+        raise UsageError(f"{key} must be a whole number of at least {low}, got '{text}'")
+    return int(text)
 
 
 def store_from(args: list[str]):
@@ -111,8 +121,7 @@ def check_device(cfg) -> None:
 def train_run(cfg, run) -> int:
     from bench.train.trainer import Diverged, Trainer
 
-    # A progress bar on a terminal; in logs (CI, cluster jobs) only when asked for with BENCH_PROGRESS=1.
-    trainer = Trainer(cfg, run, progress=sys.stderr.isatty() or os.environ.get("BENCH_PROGRESS") == "1")
+    trainer = Trainer(cfg, run, progress=show_progress())
     try:
         summary = trainer.fit()
     except Diverged as err:
@@ -129,11 +138,13 @@ def train_run(cfg, run) -> int:
 
 
 def report(summary: dict, run) -> str:
+    from bench.eval import METRICS
+
     lines = [f"run {run.id} finished: {summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['method']}, "
              f"reward {summary['reward']})"]
     optimum = summary.get("optimum") or {}
     lines.append(f"  {'metric':<10}{'start':>10}{'end':>10}{'optimum p*':>12}")
-    for key in REPORTED:
+    for key in METRICS:
         if key in summary["metrics"]:
             target = f"{optimum[key]:>12.4g}" if key in optimum else ""
             lines.append(f"  {key:<10}{summary['initial'][key]:>10.4g}{summary['metrics'][key]:>10.4g}{target}")
@@ -145,7 +156,8 @@ def report(summary: dict, run) -> str:
 
 
 RUNS_USAGE = """usage: bench runs list [--json] [status=S] [method=M] [results.dir=PATH]
-       bench runs show RUN_ID [--json] [results.dir=PATH]"""
+       bench runs show RUN_ID [--json] [results.dir=PATH]
+       bench runs reindex [results.dir=PATH]      rebuild the index from the run folders"""
 
 
 def cmd_runs(args: list[str]) -> int:
@@ -184,7 +196,10 @@ def cmd_runs(args: list[str]) -> int:
         else:
             print(show_run(data))
         return 0
-    raise UsageError(f"unknown action 'runs {action}'{did_you_mean(action, ['list', 'show'])}")
+    if action == "reindex":
+        print(f"indexed {store.reindex()} runs in {store.root}")
+        return 0
+    raise UsageError(f"unknown action 'runs {action}'{did_you_mean(action, ['list', 'show', 'reindex'])}")
 
 
 def runs_table(rows: list[dict]) -> str:
@@ -283,16 +298,12 @@ def cmd_eval(args: list[str]) -> int:
         options[key] = value
     if options["run"] is None:
         raise UsageError("bench eval needs run=ID (bench runs list shows them) or run=latest")
-    numbers = {}
-    for key, low in (("n", 2), ("seed", 0), ("batch", 1)):
-        if not options[key].isdigit() or int(options[key]) < low:
-            raise UsageError(f"{key} must be a whole number of at least {low}, got '{options[key]}'")
-        numbers[key] = int(options[key])
+    numbers = {key: whole_number(key, options[key], low) for key, low in (("n", 2), ("seed", 0), ("batch", 1))}
     from bench.eval.runner import evaluate_run
 
     run = store.latest() if options["run"] == "latest" else store.get(options["run"])
     summary = evaluate_run(store, run, options["prompts"], numbers["n"], numbers["seed"], numbers["batch"],
-                           progress=sys.stderr.isatty() or os.environ.get("BENCH_PROGRESS") == "1")
+                           progress=show_progress())
     lines = [f"evaluation {summary['eval_id']} of run {run.id}: {summary['protocol']['images']} images"]
     lines += [f"  {key:<10}{value:>10.4g}" for key, value in summary["metrics"].items()]
     lines.append(f"  folder: {run.dir / 'evals' / summary['eval_id']}")
@@ -316,12 +327,12 @@ def cmd_prompts(args: list[str]) -> int:
     spec, options, as_json = args[0], {"n": None, "seed": "0"}, "--json" in args
     for arg in (a for a in args[1:] if a != "--json"):
         key, sep, value = arg.partition("=")
-        if not sep or key not in options or not value.isdigit():
-            raise UsageError(f"bench prompts takes n=N and seed=S (whole numbers), got '{arg}'")
+        if not sep or key not in options:
+            raise UsageError(f"bench prompts takes n=N and seed=S, got '{arg}'")
         options[key] = value
     prompts = load_prompt_set(spec)
     if options["n"] is not None:
-        prompts = prompts.subset(int(options["n"]), int(options["seed"]))
+        prompts = prompts.subset(whole_number("n", options["n"], 1), whole_number("seed", options["seed"]))
     if as_json:
         print(json.dumps({"name": prompts.name, "version": prompts.version, "prompts": list(prompts.prompts),
                           "styles": list(prompts.styles) if prompts.styles else None}, indent=2))

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
+from bench.backends import BACKENDS
 from bench.errors import UsageError, did_you_mean
+from bench.rewards.analytic import ANALYTIC_REWARDS
+from bench.store.runs import default_root
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -70,8 +72,8 @@ class ResultsConfig:
 @dataclass
 class RunConfig:
     method: Any = param(None, "alignment method: a registered name or module:Class")
-    backend: str = param("analytic", "reference model family", choices=("analytic",))
-    reward: str = param("linear", "reward to maximise", choices=("linear", "quadratic", "colorfulness"))
+    backend: str = param("analytic", "reference model family", choices=tuple(BACKENDS))
+    reward: str = param("linear", "reward to maximise", choices=tuple(ANALYTIC_REWARDS))
     seed: int = param(0, "seed of initialisation and training noise")
     device: str = param("cpu", "torch device: cpu, cuda, cuda:N or auto")
     name: str = param("", "optional label stored with the run")
@@ -204,7 +206,7 @@ def build_config(args: list[str], *, base: list[str] = ()) -> RunConfig:
         if key in ("method", "method.name"):
             method_name = value
     cfg = RunConfig(method=load_method(method_name)())
-    cfg.results.dir = os.environ.get("BENCH_RESULTS", cfg.results.dir)
+    cfg.results.dir = default_root()
 
     fields = {key: (owner, f, kind) for key, owner, f, kind in leaf_fields(cfg)}
     for key, value in ordered:

@@ -10,9 +10,12 @@ import pandas as pd
 import streamlit as st
 import yaml
 
+from bench.eval import METRICS
 from bench.store import Store
+from bench.store.files import read_jsonl
 
-METRICS = ("reward", "nll_ref", "coverage", "precision", "fd_ref", "mmd_ref", "fd_star", "mmd_star")
+__all__ = ["METRICS", "inside", "load_evals", "load_reported", "load_runs", "results_root", "run_files", "stamp"]
+
 # Config keys that do not change what a run measures: seeds are averaged over, the rest is bookkeeping.
 NOT_SETTINGS = ("seed", "name", "resume", "results", "device")
 REPORTED = Path(__file__).resolve().parents[1] / "bench" / "eval" / "reported.yaml"
@@ -79,7 +82,7 @@ def load_runs(root: str, key: tuple) -> tuple[pd.DataFrame, list[str]]:
             config = json.loads(row["config"])
             summary = json.loads(row["summary"]) if row["summary"] else None
         except (TypeError, json.JSONDecodeError):
-            warnings.append(f"skipped run {row['id']}: its index entry is corrupt (bench reindex may repair it)")
+            warnings.append(f"skipped run {row['id']}: its index entry is corrupt (bench runs reindex rebuilds it)")
             continue
         if row["status"] == "finished" and not (summary and "metrics" in summary):
             warnings.append(f"skipped run {row['id']}: finished but its summary is missing or partial")
@@ -146,8 +149,7 @@ def run_files(root: Path, run_id: str, runs: pd.DataFrame) -> dict | None:
     return {
         "config": yaml.safe_load(config.read_text()) if config else {},
         "summary": json.loads(summary.read_text()) if summary else None,
-        "records": [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]
-        if metrics else [],
+        "records": read_jsonl(metrics) if metrics else [],
         "grids": {int(p.stem.split("_")[1]): p for p in grids if inside(root, "runs", run_id, "samples", p.name)},
         "evals": evals,
     }

@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from optuna.trial import TrialState
 
+from bench.cli import show_progress, store_from, wants_help, whole_number
 from bench.errors import UsageError
 
 USAGE = """usage: bench sweep [status|best] [study=NAME] [space=NAME|PATH] [storage=URL] [n_trials=N] [--workers N]
@@ -28,54 +30,45 @@ Each trial is a run in the results store (bench runs list study=NAME). Studies o
 SWEEP_KEYS = ("study", "space", "storage", "n_trials", "sampler_seed", "heartbeat")
 
 
-def parse(args: list[str]) -> tuple[str, dict, list[str], int]:
+def parse(args: list[str]) -> tuple[str, dict, list[str], int, list[str]]:
+    """(action, sweep options, run arguments, workers, the arguments less --workers N)."""
     action = "run"
     if args and args[0] in ("status", "best"):
         action, args = args[0], args[1:]
     workers = 1
     if "--workers" in args:
         at = args.index("--workers")
-        try:
-            workers = int(args[at + 1])
-        except (IndexError, ValueError):
-            raise UsageError("--workers takes a whole number, e.g. --workers 2") from None
-        if workers < 1:
-            raise UsageError(f"--workers must be at least 1, got {workers}")
+        workers = whole_number("--workers", args[at + 1] if at + 1 < len(args) else "", 1)
         args = args[:at] + args[at + 2:]
-    options, run_args = {}, []
+    options = {"space": "reward_vs_cfg", "n_trials": 12, "sampler_seed": 0, "heartbeat": 10}
+    run_args = []
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep:
             raise UsageError(f"expected key=value, got '{arg}' (bench sweep --help)")
-        if key in SWEEP_KEYS:
+        if key in ("n_trials", "sampler_seed", "heartbeat"):
+            options[key] = whole_number(key, value, 0 if key == "sampler_seed" else 1)
+        elif key in SWEEP_KEYS:
             options[key] = value
         else:
             run_args.append(arg)
-    for key in ("n_trials", "sampler_seed", "heartbeat"):
-        if key in options:
-            try:
-                options[key] = int(options[key])
-            except ValueError:
-                raise UsageError(f"{key} expects a whole number, got '{options[key]}'") from None
-    if options.get("n_trials", 1) < 1 or options.get("heartbeat", 1) < 1:
-        raise UsageError("n_trials and heartbeat must be at least 1")
-    return action, options, run_args, workers
+    return action, options, run_args, workers, args
 
 
 def sweep_main(args: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in args):
+    if wants_help(args):
         print(USAGE)
         return 0
-    action, options, run_args, workers = parse(args)
-    from bench.store import Store, default_root
+    action, options, run_args, workers, worker_args = parse(args)
+    from bench.config import DEFAULT_METHOD
     from sweeps import study as studies
 
-    results = next((a.partition("=")[2] for a in run_args if a.startswith("results.dir=")), default_root())
-    url = options.get("storage") or studies.default_storage(results)
-    storage = studies.open_storage(url, options.get("heartbeat", 10))
-    method = next((a.partition("=")[2] for a in run_args if a.startswith("method=")), "di_star")
-    space_name = options.get("space", "reward_vs_cfg")
-    name = options.get("study") or f"{method}-{space_name.removesuffix('.yaml').split('/')[-1]}"
+    store, _ = store_from(run_args)
+    url = options.get("storage") or studies.default_storage(store.root)
+    storage = studies.open_storage(url, options["heartbeat"])
+    method = next((a.partition("=")[2] for a in run_args if a.startswith("method=")), DEFAULT_METHOD)
+    # The same name the space will carry (its file's stem), so status and best find the study by it.
+    name = options.get("study") or f"{method}-{Path(options['space']).stem}"
 
     if action == "status":
         print(status_text(studies.load_study(storage, name), url))
@@ -87,14 +80,14 @@ def sweep_main(args: list[str]) -> int:
     from sweeps.space import load_space
 
     trial_args = [a for a in run_args if not a.startswith("method=")]
-    space = load_space(space_name, [f"method={method}", *trial_args])
-    study = studies.create_study(storage, name, space, method, trial_args, options.get("sampler_seed", 0))
-    n_trials = options.get("n_trials", 12)
+    space = load_space(options["space"], [f"method={method}", *trial_args])
+    study = studies.create_study(storage, name, space, method, trial_args, options["sampler_seed"])
+    n_trials = options["n_trials"]
     started = time.perf_counter()
     if workers == 1:
-        work_here(study, space, trial_args, n_trials, Store(results), method, studies.lock_path(url))
+        work_here(study, space, trial_args, n_trials, store, method, studies.lock_path(url))
     else:
-        spawn_workers(args, workers, study, n_trials)
+        spawn_workers(worker_args, workers)
     print(f"study {name}: {n_trials} trials in {time.perf_counter() - started:.1f} s (storage {url})")
     print(best_text(study))
     return 0
@@ -107,11 +100,10 @@ def work_here(study, space, trial_args, n_trials, store, method, lock) -> None:
 
     done = sum(t.state in studies.DONE for t in study.get_trials(deepcopy=False))
     bar = tqdm(total=n_trials, initial=min(done, n_trials), desc=f"study {study.study_name}", unit="trial",
-               disable=not (sys.stderr.isatty() or os.environ.get("BENCH_PROGRESS") == "1"))
+               disable=not show_progress())
 
     def on_trial(outcome: dict):
-        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in outcome["params"].items())
+        params = " ".join(settings(outcome["params"]))
         values = " ".join(f"{k}={v:.4g}" for k, v in outcome.get("values", {}).items())
         bar.write(f"trial {outcome['trial']:>3} {outcome['state']:<9} {params}  {values}  run {outcome['run']}")
         if outcome["state"] in ("complete", "pruned"):
@@ -121,10 +113,8 @@ def work_here(study, space, trial_args, n_trials, store, method, lock) -> None:
     bar.close()
 
 
-def spawn_workers(args: list[str], workers: int, study, n_trials: int) -> None:
-    """N copies of this command with --workers 1, one torch thread share each; wait for all of them."""
-    at = args.index("--workers")
-    worker_args = args[:at] + args[at + 2:]
+def spawn_workers(worker_args: list[str], workers: int) -> None:
+    """N copies of this command without --workers, a share of the cores each; wait for all of them."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     procs = [subprocess.Popen([sys.executable, "-m", "bench", "sweep", *worker_args], env=env)
@@ -132,6 +122,11 @@ def spawn_workers(args: list[str], workers: int, study, n_trials: int) -> None:
     codes = [p.wait() for p in procs]
     if any(codes):
         raise UsageError(f"a sweep worker exited with code {max(codes)}; bench sweep status shows the trials")
+
+
+def settings(params: dict, digits: int = 4) -> list[str]:
+    """key=value words for parameters; floats to `digits` significant digits."""
+    return [f"{k}={v:.{digits}g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()]
 
 
 def status_text(study, url: str) -> str:
@@ -146,7 +141,7 @@ def status_text(study, url: str) -> str:
     ]
     for t in trials:
         values = t.values or [float("nan")] * len(objectives)
-        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        params = " ".join(settings(t.params))
         lines.append(f"{t.number:>4}  {t.state.name.lower():<9}" + "".join(f"{v:>12.4g}" for v in values)
                      + f"  {params}  {t.user_attrs.get('run_id', '-')}")
     return "\n".join(lines)
@@ -164,9 +159,9 @@ def best_text(study) -> str:
     for t in best:
         values = ", ".join(f"{m}={v:.4g}" for m, v in zip(objectives, t.values, strict=True))
         # The same layers as the trial (space's fixed < command line < searched), each key once.
-        settings = {"method": identity["method"], **fixed}
-        settings.update(arg.partition("=")[::2] for arg in identity["run_args"])
-        settings.update({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in t.params.items()})
-        command = ["bench run", *(f"{k}={v}" for k, v in settings.items())]
+        layers = {"method": identity["method"], **fixed}
+        layers.update(arg.partition("=")[::2] for arg in identity["run_args"])
+        layers.update(arg.partition("=")[::2] for arg in settings(t.params, digits=6))
+        command = ["bench run", *(f"{k}={v}" for k, v in layers.items())]
         lines += [f"  trial {t.number}: {values}", f"    {' '.join(command)}"]
     return "\n".join(lines)

@@ -16,9 +16,9 @@ import yaml
 
 from bench.config import build_config, leaf_fields
 from bench.errors import UsageError, did_you_mean
+from bench.eval import METRICS
 
 SPACE_DIR = Path(__file__).parent
-ANALYTIC_METRICS = ("reward", "nll_ref", "coverage", "precision", "fd_ref", "mmd_ref", "fd_star", "mmd_star")
 
 
 @dataclass
@@ -77,8 +77,8 @@ def load_space(name: str, run_args: list[str]) -> SearchSpace:
     objectives = []
     for entry in data.get("objectives") or fail("needs at least one objective"):
         metric, direction = entry.get("metric"), entry.get("direction", "minimize")
-        if metric not in ANALYTIC_METRICS:
-            fail(f"unknown metric '{metric}'{did_you_mean(str(metric), ANALYTIC_METRICS)}")
+        if metric not in METRICS:
+            fail(f"unknown metric '{metric}'{did_you_mean(str(metric), METRICS)}")
         if direction not in ("minimize", "maximize"):
             fail(f"direction of {metric} must be minimize or maximize, got '{direction}'")
         objectives.append((metric, direction))

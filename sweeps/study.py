@@ -29,7 +29,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
-def default_storage(results_dir: str) -> str:
+def default_storage(results_dir) -> str:
     root = Path(results_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root}/studies.db"
@@ -98,11 +98,17 @@ def load_study(storage, name: str):
     return optuna.load_study(storage=storage, study_name=name)
 
 
+def heartbeat_interval(study) -> int | None:
+    """Seconds between heartbeats; None where the storage keeps none (a journal file cannot tell a dead
+    worker from a slow one: only Optuna's SQL storages beat hearts)."""
+    storage = study._storage
+    return storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+
+
 @contextlib.contextmanager
 def heartbeat(study, trial):
     """Record the trial's heartbeat from a thread while it runs (Optuna only does so inside optimize())."""
-    storage = study._storage
-    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    storage, interval = study._storage, heartbeat_interval(study)
     if not interval:
         yield
         return
@@ -122,15 +128,9 @@ def heartbeat(study, trial):
         thread.join()
 
 
-def has_heartbeat(study) -> bool:
-    """Only SQL storages beat hearts in Optuna; a journal file cannot tell a dead worker from a slow one."""
-    storage = study._storage
-    return hasattr(storage, "get_heartbeat_interval") and bool(storage.get_heartbeat_interval())
-
-
 def recover_stale(study, store: Store) -> None:
     """Fail and re-queue trials whose worker stopped beating, and fail their runs."""
-    if not has_heartbeat(study):
+    if not heartbeat_interval(study):
         return
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     optuna.storages.fail_stale_trials(study)
@@ -157,7 +157,7 @@ def next_trial(study, n_trials: int, lock: Path | None, store: Store):
             running = sum(t.state == TrialState.RUNNING for t in trials)
             if waiting or done + running < n_trials:
                 return study.ask()
-            if running == 0 or not has_heartbeat(study):
+            if running == 0 or not heartbeat_interval(study):
                 return None
         time.sleep(1.0)
 

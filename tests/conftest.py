@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,40 @@ sys.path.insert(0, str(Path(__file__).parent))
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench(*args, results=None, env=None, check=False, **kwargs):
-    """Run the real `bench` command line in a subprocess, the way a user does."""
+def bench_env(results=None, env=None) -> dict:
     full_env = {**os.environ, **(env or {})}
     if results is not None:
         full_env["BENCH_RESULTS"] = str(results)
-    proc = subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, env=full_env,
-                          cwd=kwargs.pop("cwd", ROOT), **kwargs)
+    return full_env
+
+
+def bench(*args, results=None, env=None, check=False, **kwargs):
+    """Run the real `bench` command line in a subprocess, the way a user does."""
+    proc = subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True,
+                          env=bench_env(results, env), cwd=kwargs.pop("cwd", ROOT), **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"bench {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def bench_process(*args, results=None, env=None) -> subprocess.Popen:
+    """Start `bench` in the background, for tests that interrupt it."""
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env=bench_env(results, env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_until(condition, *, proc=None, timeout=120.0, interval=0.02):
+    """Poll `condition()` until it returns something truthy, which is returned. Fails if `proc` ends first
+    (the moment a test wanted to interrupt has passed) or when the time is up."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = condition()
+        if found:
+            return found
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (code {proc.returncode}) before the awaited moment")
+        time.sleep(interval)
+    raise AssertionError(f"nothing happened within {timeout} s")
 
 
 @pytest.fixture

@@ -53,23 +53,30 @@ def test_results_dir_from_environment_and_key(tmp_path, capsys):
     assert set(shown["summary"]["provenance"]) >= {"git", "packages", "config_sha256", "python"}
 
 
+def lose_index(store):
+    for suffix in ("", "-wal", "-shm"):
+        store.db_path.with_name(store.db_path.name + suffix).unlink(missing_ok=True)
+
+
 def test_run_folder_holds_everything_and_the_index_rebuilds(results):
     assert main(["run", "preset=smoke", f"results.dir={results}"]) == 0
     store = Store(results)
     run = store.get(store.rows()[0]["id"])
     names = {p.name for p in run.dir.iterdir()}
     assert names == {"config.yaml", "run.json", "metrics.jsonl", "summary.json", "checkpoints", "samples"}
-    assert sorted(p.name for p in (run.dir / "samples").iterdir()) == [
-        "step_000000.png", "step_000030.png", "step_000060.png"]
+    smoke = build_config(["preset=smoke"]).train
+    evaluated = range(0, smoke.steps + 1, smoke.eval_every)
+    assert sorted(p.name for p in (run.dir / "samples").iterdir()) == [f"step_{s:06d}.png" for s in evaluated]
     assert not list(run.dir.rglob("*.tmp"))
     kinds = {r["kind"] for r in run.records()}
     assert kinds == {"train", "eval"}
-    store.db_path.unlink()
-    for suffix in ("-wal", "-shm"):
-        store.db_path.with_name(store.db_path.name + suffix).unlink(missing_ok=True)
+    lose_index(store)
     assert store.rows() == []
     assert store.reindex() == 1
     assert store.rows()[0]["status"] == "finished"
+    lose_index(store)
+    assert main(["runs", "reindex", f"results.dir={results}"]) == 0
+    assert [r["id"] for r in store.rows()] == [run.id]
 
 
 def test_a_cut_log_line_is_ignored(results):

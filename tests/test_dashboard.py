@@ -5,18 +5,17 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
-import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from bench.cli import main
+from bench.config import build_config
 from bench.store import Store
 from dashboard.data import inside
 
 from browser import wait_and_capture
-from conftest import ROOT
+from conftest import ROOT, bench_process, wait_until
 
 APP = str(ROOT / "dashboard" / "app.py")
 
@@ -96,7 +95,7 @@ def test_run_page_shows_curves_grids_and_per_prompt_scores(app, store):
     kinds = [e.type for e in at.main]
     assert kinds.count("vega_lite_chart") >= 6
     assert "image" in kinds
-    assert at.select_slider[0].value == 60  # the last sample grid of the smoke preset
+    assert at.select_slider[0].value == build_config(["preset=smoke"]).train.steps  # the last grid
     per_prompt = at.table[0].value
     assert len(per_prompt) == 8 and per_prompt["caption"].iloc[0] == "a red circle"
     evaluation = at.table[1].value  # the bench eval of this run, with its per-prompt scores
@@ -178,16 +177,15 @@ def free_port() -> int:
 def test_served_dashboard_in_a_real_browser_shows_the_run_ids(store, tmp_path):
     browser = chromium()
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bench", "dashboard", "--results", str(store), "--port",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = bench_process("dashboard", "--results", str(store), "--port", str(port))
     expected = ids(store, study=None, status="finished")
+
+    def listening():
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.2)
+        wait_until(listening, proc=server, timeout=60, interval=0.2)
         text, png = wait_and_capture(browser, f"http://127.0.0.1:{port}/", expected, str(tmp_path / "profile"))
     finally:
         server.terminate()

@@ -1,20 +1,18 @@
 """`bench eval` on analytic-world runs: protocol, per-image scores, resume, determinism, errors."""
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from bench.cli import main
+from bench.config import build_config
 from bench.store import Store
+from bench.store.files import read_jsonl
 
-from conftest import ROOT
+from conftest import bench, bench_process, wait_until
 
 PROTOCOL_KEYS = {"prompt_set", "images", "resolution", "resize", "metrics", "generator", "checkpoint_step",
                  "checkpoint_sha256", "backend", "world"}
@@ -54,23 +52,18 @@ def test_eval_writes_images_scores_and_a_summary_with_the_full_protocol(results,
 def test_interrupted_eval_resumes_without_redoing_finished_images(results, trained, tmp_path):
     twin = tmp_path / "twin"
     shutil.copytree(results, twin)
-    args = [sys.executable, "-m", "bench", "eval", f"run={trained}", "n=256", "batch=16"]
-    env = {**os.environ, "BENCH_RESULTS": str(results)}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["eval", f"run={trained}", "n=256", "batch=16"]
+    proc = bench_process(*args, results=results)
     scores = eval_dir(results, trained, "analytic-n256-seed0") / "scores.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if scores.exists() and scores.read_text().count("\n") >= 64:
-            break
-        time.sleep(0.02)
+    wait_until(lambda: len(read_jsonl(scores)) >= 64, proc=proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    scored = {json.loads(line)["index"] for line in scores.read_text().splitlines() if line.endswith("}")}
+    scored = {r["index"] for r in read_jsonl(scores)}
     assert 0 < len(scored) < 2048, "the evaluation must be interrupted part-way"
     images = eval_dir(results, trained, "analytic-n256-seed0") / "images"
     stamps = {i: (images / f"{i:05d}.png").stat().st_mtime_ns for i in scored}
 
-    assert subprocess.run(args, cwd=ROOT, env=env, capture_output=True).returncode == 0
+    bench(*args, results=results, check=True)
     assert all((images / f"{i:05d}.png").stat().st_mtime_ns == stamps[i] for i in scored)
     indices = [json.loads(line)["index"] for line in scores.read_text().splitlines()]
     assert sorted(indices) == list(range(2048))
@@ -105,3 +98,16 @@ def test_eval_refuses_to_mix_protocols_after_the_checkpoint_changes(results, tra
     capsys.readouterr()
     assert main(["eval", f"run={trained}", "n=2", f"results.dir={results}"]) == 2
     assert "holds an evaluation under another protocol" in capsys.readouterr().err
+
+
+def test_eval_at_the_training_seed_reproduces_the_runs_own_final_evaluation(results, trained):
+    """One definition of evaluation noise: `bench eval` with the run's eval seed and size sees its images."""
+    run = Store(results).get(trained)
+    cfg = build_config(["preset=smoke"])
+    per_caption = cfg.eval.samples // cfg.world.prompts
+    assert main(["eval", f"run={trained}", f"n={per_caption}", f"seed={cfg.eval.seed}",
+                 f"results.dir={results}"]) == 0
+    evaluated = json.loads((eval_dir(results, trained, f"analytic-n{per_caption}-seed{cfg.eval.seed}")
+                            / "summary.json").read_text())
+    for key, value in run.summary["metrics"].items():
+        assert evaluated["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-7), key

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from bench.config import build_config
-from bench.method import GeneratorBatch
 from bench.train.trainer import Trainer
 from methods.di_pp import DIpp
 from methods.di_star import DIStar
@@ -88,16 +87,10 @@ def test_ikl_surrogate_gradient_in_x0_is_alpha_w_score_gap_on_a_real_batch():
     torch.nn.init.normal_(backend.fake.residual.net[-1].weight, std=0.1)  # a fake score that differs from the ref
     z, cond = backend.sample_inputs(16, torch.Generator().manual_seed(0))
     x0 = backend.generator(z, cond).detach().requires_grad_(True)
-    t, alpha, sigma, eps, x_t = trainer.noisy(x0)
-    a, s = alpha.reshape(-1, 1, 1, 1), sigma.reshape(-1, 1, 1, 1)
-    batch = GeneratorBatch(
-        x0=x0, x_t=x_t, eps=eps, alpha=a, sigma=s, weight=method.weight(alpha, sigma),
-        fake_score=lambda x: -backend.fake_eps(x, t, alpha, sigma, cond) / s,
-        ref_cond=lambda x: backend.ref_score(x, alpha, sigma, cond),
-        ref_uncond=lambda x: backend.ref_score(x, alpha, sigma, None))
+    batch = trainer.generator_batch(x0, cond)
     (grad,) = torch.autograd.grad(method.regulariser(batch).sum(), x0)
     with torch.no_grad():
-        gap = batch.fake_score(x_t) - batch.ref_score(x_t, 1.7)
-    expected = a * method.weight(alpha, sigma).reshape(-1, 1, 1, 1) * gap
+        gap = batch.fake_score(batch.x_t) - batch.ref_score(batch.x_t, 1.7)
+    expected = batch.alpha * batch.weight.reshape(-1, 1, 1, 1) * gap
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
     assert gap.abs().mean() > 1e-3

@@ -1,11 +1,7 @@
 """Sweeps: real Optuna studies whose trials are runs in the store (issue: sweeps)."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import optuna
 import pytest
@@ -14,7 +10,7 @@ from bench.cli import main
 from bench.config import build_config
 from bench.store import Store
 
-from conftest import ROOT, bench
+from conftest import bench, bench_process, wait_until
 
 # Short trials: the machinery is under test here, the maths elsewhere.
 FAST = ["world.hidden=64", "train.batch_size=64", "eval.samples=256"]
@@ -67,15 +63,13 @@ def test_two_workers_complete_the_target_without_loss_or_duplicates(results):
 
 def test_a_killed_worker_leaves_a_failed_trial_and_the_study_goes_on(results):
     args = ["sweep", "method=di_pp", "study=crash", "n_trials=3", "heartbeat=1", *FAST, "train.steps=800"]
-    env = {**os.environ, "BENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
+    proc = bench_process(*args, results=results, env={"OMP_NUM_THREADS": "1"})
+
+    def trial_started():
         runs = Store(results).rows() if (results / "index.sqlite").exists() else []
-        if runs and (results / "runs" / runs[0]["id"] / "metrics.jsonl").exists():
-            break
-        time.sleep(0.1)
+        return runs and (results / "runs" / runs[0]["id"] / "metrics.jsonl").exists()
+
+    wait_until(trial_started, proc=proc, interval=0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_run = Store(results).rows()[0]["id"]

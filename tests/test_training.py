@@ -1,12 +1,8 @@
 """Training behaviour on the analytic world: the optimum, the defaults, resume, plugins, the NaN guard."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -14,9 +10,10 @@ import torch
 from bench.cli import main
 from bench.config import build_config
 from bench.store import Store
+from bench.store.files import read_jsonl
 from bench.train.trainer import Trainer
 
-from conftest import ROOT, bench
+from conftest import bench, bench_process, wait_until
 
 COVERAGE_FLOOR = 0.9
 
@@ -56,33 +53,16 @@ def test_default_run_raises_reward_and_keeps_the_modes(method, results):
     assert summary["metrics"]["mmd_star"] < summary["initial"]["mmd_star"]
 
 
-def wait_for_step(metrics_path, step, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if metrics_path.exists():
-            lines = metrics_path.read_text().splitlines()
-            if any(json.loads(line).get("step", 0) >= step for line in lines[-3:] if line.endswith("}")):
-                return
-        time.sleep(0.02)
-    raise AssertionError("the run did not reach the step before it ended")
-
-
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
     args = ["run", "method=di_star", "preset=smoke", "train.steps=400", "train.ckpt_every=50",
             "train.eval_every=100", "seed=7"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     bench(*args, results=whole, check=True)
 
-    env = {"BENCH_RESULTS": str(broken)}
-    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_dir = None
-    deadline = time.time() + 60
-    while run_dir is None and time.time() < deadline:
-        found = list((broken / "runs").glob("*")) if (broken / "runs").exists() else []
-        run_dir = found[0] if found else None
-        time.sleep(0.02)
-    wait_for_step(run_dir / "metrics.jsonl", 130, proc)
+    proc = bench_process(*args, results=broken)
+    run_dir = wait_until(lambda: next((broken / "runs").glob("*"), None) if (broken / "runs").exists() else None,
+                         proc=proc)
+    wait_until(lambda: any(r.get("step", 0) >= 130 for r in read_jsonl(run_dir / "metrics.jsonl")), proc=proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"

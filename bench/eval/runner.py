@@ -12,7 +12,6 @@ skips the images already scored and ends with the numbers an uninterrupted one g
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 
@@ -22,15 +21,12 @@ from tqdm import tqdm
 from bench.backends import build_backend
 from bench.config import config_from_dict
 from bench.errors import UsageError
+from bench.eval.prompts import PromptSet
 from bench.provenance import file_sha256, provenance
 from bench.store import Run, Store
 from bench.store.files import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_jsonl
 
 PROMPT_SETS = ("analytic",)
-
-
-def prompt_set_version(captions: list[str]) -> str:
-    return hashlib.sha256("\n".join(captions).encode()).hexdigest()[:12]
 
 
 def evaluate_run(store: Store, run: Run, prompts: str, per_prompt: int, seed: int, batch: int,
@@ -51,7 +47,7 @@ def evaluate_run(store: Store, run: Run, prompts: str, per_prompt: int, seed: in
     folder = run.dir / "evals" / eval_id
     total = per_prompt * len(backend.captions)
     protocol = {
-        "prompt_set": {"name": prompts, "version": prompt_set_version(backend.captions),
+        "prompt_set": {"name": prompts, "version": PromptSet(prompts, tuple(backend.captions)).version,
                        "size": len(backend.captions), "per_prompt": per_prompt, "seed": seed},
         "images": total, "resolution": list(backend.shape), "resize": "none (images saved x4 nearest for viewing)",
         "metrics": {"reward": f"{backend.reward.name} v{backend.reward.version}", "world": "analytic exact v1"},

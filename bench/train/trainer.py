@@ -62,19 +62,24 @@ class Trainer:
         loss = dsm_loss(self.backend.fake_eps(x_t, t, alpha, sigma, cond), eps).mean()
         return {"loss_fake": loss.detach(), "grad_fake": self.apply(loss, self.fake, self.opt_fake)}
 
-    def generator_update(self) -> dict:
-        backend, method = self.backend, self.method
-        z, cond = backend.sample_inputs(self.cfg.train.batch_size, self.rng)
-        x0 = self.generator(z, cond)
+    def generator_batch(self, x0, cond) -> GeneratorBatch:
+        """Noise x0 at the method's times and bind the score networks to those times and prompts."""
+        backend = self.backend
         t, alpha, sigma, eps, x_t = self.noisy(x0)
         sigma_b = broadcast(sigma, x0)
-        batch = GeneratorBatch(
+        return GeneratorBatch(
             x0=x0, x_t=x_t, eps=eps, alpha=broadcast(alpha, x0), sigma=sigma_b,
-            weight=method.weight(alpha, sigma),
+            weight=self.method.weight(alpha, sigma),
             fake_score=lambda x: -backend.fake_eps(x, t, alpha, sigma, cond) / sigma_b,
             ref_cond=lambda x: backend.ref_score(x, alpha, sigma, cond),
             ref_uncond=lambda x: backend.ref_score(x, alpha, sigma, None),
         )
+
+    def generator_update(self) -> dict:
+        backend, method = self.backend, self.method
+        z, cond = backend.sample_inputs(self.cfg.train.batch_size, self.rng)
+        x0 = self.generator(z, cond)
+        batch = self.generator_batch(x0, cond)
         regulariser = method.regulariser(batch)
         reward = backend.reward(x0, cond)
         loss = (regulariser - method.alpha_rew * reward).mean()
