@@ -97,10 +97,12 @@ def cmd_run(args: list[str]) -> int:
         cfg.results.dir, cfg.device = str(store.root), device
         check_device(cfg)
         run.update(status="running", message="")
-    else:
-        check_device(cfg)
-        run = store.create(cfg.to_dict())
-    return train_run(cfg, run)
+        return train_run(new_trainer(cfg, run))
+    check_device(cfg)
+    # Models and reward weights load before the run exists, so a missing file leaves no empty run behind.
+    trainer = new_trainer(cfg, None)
+    trainer.run = store.create(cfg.to_dict())
+    return train_run(trainer)
 
 
 def check_device(cfg) -> None:
@@ -118,10 +120,16 @@ def check_device(cfg) -> None:
         raise UsageError(f"device={cfg.device} but CUDA is not available on this machine; use device=cpu")
 
 
-def train_run(cfg, run) -> int:
-    from bench.train.trainer import Diverged, Trainer
+def new_trainer(cfg, run):
+    from bench.train.trainer import Trainer
 
-    trainer = Trainer(cfg, run, progress=show_progress())
+    return Trainer(cfg, run, progress=show_progress())
+
+
+def train_run(trainer) -> int:
+    from bench.train.trainer import Diverged
+
+    run = trainer.run
     try:
         summary = trainer.fit()
     except Diverged as err:
@@ -278,11 +286,22 @@ def cmd_dashboard(args: list[str]) -> int:
     return subprocess.call(command, env={**os.environ, "BENCH_RESULTS": str(root)})
 
 
-EVAL_USAGE = """usage: bench eval run=ID|latest [prompts=analytic] [n=64] [seed=0] [batch=256] [results.dir=PATH]
+EVAL_USAGE = """usage: bench eval run=ID|latest | pipeline=DIR|HUB_ID  [key=value ...]
 
-Generate n images per prompt with the run's EMA generator and fixed per-image seeds, score each, and store
-images, per-image scores and a summary with the full protocol under the run's evals/ folder. Running the same
-command again resumes: images already scored are skipped."""
+Generate images for a prompt set with fixed per-image seeds, score each, and store images, per-image scores
+and a summary with the full protocol under the run's evals/ folder. A pipeline (any diffusers folder, e.g. a
+published one-step model) gets a run entry of its own. Running the same command again resumes: images already
+scored are skipped.
+
+  prompts=SET      analytic (runs of the analytic world), builtin, coco:PATH, hps_v2:DIR, parti:PATH
+  n=N              images per prompt (64 for runs, 1 for pipelines)
+  subset=N         N prompts of the set, chosen with seed (0: all)
+  seed=S           noise seed (image i uses seed and i only)        batch=B   images per batch (256)
+  metrics=A,B      image scorers: hpsv2, hpsv2.1, image_reward, aesthetic, pickscore, clip_score
+  weights=DIR      their weights, DIR/<scorer>/... (or BENCH_WEIGHTS)
+  fid_ref=PATH     FID against a reference image folder or .npz statistics (clean-fid protocol)
+  inception=PATH   inception-2015-12-05.pt (or BENCH_INCEPTION)   fid_resize=256  COCO's crop + LANCZOS first
+  steps=1 guidance=0 resolution=0   pipeline sampling (0: the pipeline's default size)"""
 
 
 def cmd_eval(args: list[str]) -> int:
@@ -290,22 +309,40 @@ def cmd_eval(args: list[str]) -> int:
         print(EVAL_USAGE)
         return 0
     store, args = store_from(args)
-    options = {"run": None, "prompts": "analytic", "n": "64", "seed": "0", "batch": "256"}
+    keys = ("run", "pipeline", "prompts", "n", "subset", "seed", "batch", "metrics", "weights", "fid_ref",
+            "inception", "fid_resize", "steps", "guidance", "resolution")
+    options = {}
     for arg in args:
         key, sep, value = arg.partition("=")
-        if not sep or key not in options:
-            raise UsageError(f"bench eval takes {', '.join(k + '=' for k in options)}, got '{arg}'")
+        if not sep or key not in keys:
+            raise UsageError(f"bench eval takes {', '.join(k + '=' for k in keys)}, got '{arg}'")
         options[key] = value
-    if options["run"] is None:
-        raise UsageError("bench eval needs run=ID (bench runs list shows them) or run=latest")
-    numbers = {key: whole_number(key, options[key], low) for key, low in (("n", 2), ("seed", 0), ("batch", 1))}
-    from bench.eval.runner import evaluate_run
+    if ("run" in options) == ("pipeline" in options):
+        raise UsageError("bench eval needs run=ID (bench runs list shows them), run=latest, or pipeline=DIR")
+    from bench.config import parse_value
+    from bench.eval.runner import EvalRequest, evaluate
+    from bench.rewards import SCORERS
 
-    run = store.latest() if options["run"] == "latest" else store.get(options["run"])
-    summary = evaluate_run(store, run, options["prompts"], numbers["n"], numbers["seed"], numbers["batch"],
-                           progress=show_progress())
+    request = EvalRequest(prompts=options.get("prompts", "analytic" if "run" in options else "builtin"),
+                          n=whole_number("n", options.get("n", "64" if "run" in options else "1"), 1),
+                          weights=options.get("weights"), fid_ref=options.get("fid_ref"),
+                          inception=options.get("inception"))
+    for key, low in (("subset", 0), ("seed", 0), ("batch", 1), ("fid_resize", 0), ("steps", 1), ("resolution", 0)):
+        if key in options:
+            setattr(request, key, whole_number(key, options[key], low))
+    if "guidance" in options:
+        request.guidance = parse_value("guidance", options["guidance"], float, {"ge": 0})
+    if options.get("metrics"):
+        request.metrics = tuple(options["metrics"].split(","))
+        for name in request.metrics:
+            if name not in SCORERS:
+                raise UsageError(f"metrics: unknown scorer '{name}'{did_you_mean(name, SCORERS)}")
+    run = None
+    if "run" in options:
+        run = store.latest() if options["run"] == "latest" else store.get(options["run"])
+    run, summary = evaluate(store, request, run=run, pipeline=options.get("pipeline"), progress=show_progress())
     lines = [f"evaluation {summary['eval_id']} of run {run.id}: {summary['protocol']['images']} images"]
-    lines += [f"  {key:<10}{value:>10.4g}" for key, value in summary["metrics"].items()]
+    lines += [f"  {key:<14}{value:>10.4g}" for key, value in summary["metrics"].items()]
     lines.append(f"  folder: {run.dir / 'evals' / summary['eval_id']}")
     print("\n".join(lines))
     return 0

@@ -16,15 +16,16 @@ import yaml
 
 from bench.backends import BACKENDS
 from bench.errors import UsageError, did_you_mean
+from bench.rewards import SCORERS, parse_reward, reward_text
 from bench.rewards.analytic import ANALYTIC_REWARDS
 from bench.store.runs import default_root
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-def param(default, help: str, *, ge=None, gt=None, le=None, lt=None, choices=None):
-    """A config field with its documentation and its valid range."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+def param(default, help: str, *, ge=None, gt=None, le=None, lt=None, choices=None, parse=None):
+    """A config field with its documentation and its valid range; `parse(text)` for a structured value."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "parse": parse}
     return field(default=default, metadata=meta)
 
 
@@ -69,11 +70,17 @@ class ResultsConfig:
     dir: str = param("results", "results store folder (or set BENCH_RESULTS)")
 
 
+def canonical_reward(text: str) -> str:
+    return reward_text(parse_reward(text, (*ANALYTIC_REWARDS, *SCORERS)))
+
+
 @dataclass
 class RunConfig:
     method: Any = param(None, "alignment method: a registered name or module:Class")
     backend: str = param("analytic", "reference model family", choices=tuple(BACKENDS))
-    reward: str = param("linear", "reward to maximise", choices=tuple(ANALYTIC_REWARDS))
+    reward: str = param("linear", "reward to maximise: a name or {name: weight, ...} over "
+                        f"{', '.join([*ANALYTIC_REWARDS, *SCORERS])}", parse=canonical_reward)
+    weights: str = param("", "folder with the image scorers' weights, one subfolder per scorer (or BENCH_WEIGHTS)")
     seed: int = param(0, "seed of initialisation and training noise")
     device: str = param("cpu", "torch device: cpu, cuda, cuda:N or auto")
     name: str = param("", "optional label stored with the run")
@@ -120,7 +127,9 @@ def split_overrides(args: list[str]) -> list[tuple[str, str]]:
 def parse_value(key: str, text: str, kind: type, meta: dict):
     """Convert `text` to `kind` and check the declared range; the message names the key and the fix."""
     try:
-        if kind is bool:
+        if meta.get("parse"):
+            value = meta["parse"](text)
+        elif kind is bool:
             lowered = text.lower()
             if lowered not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError

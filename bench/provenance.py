@@ -10,7 +10,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-PACKAGES = ("torch", "numpy", "onestep-align-bench")
+PACKAGES = ("torch", "numpy", "onestep-align-bench", "transformers", "diffusers", "huggingface-hub", "pillow")
 
 
 def file_sha256(path: Path) -> str:

@@ -112,6 +112,12 @@ def load_space(name: str, run_args: list[str]) -> SearchSpace:
             except UsageError as err:
                 fail(f"{key}={value} is outside what bench run accepts: {err}")
         params.append(param)
-    if any(metric.endswith("_star") for metric, _ in objectives) and cfg.reward == "colorfulness":
+    if any(metric.endswith("_star") for metric, _ in objectives) and not closed_form(cfg):
         fail("*_star metrics need a reward with a closed-form optimum (linear or quadratic)")
     return SearchSpace(path.stem, objectives, params, fixed)
+
+
+def closed_form(cfg) -> bool:
+    from bench.rewards.analytic import ANALYTIC_REWARDS
+
+    return cfg.reward in ANALYTIC_REWARDS and ANALYTIC_REWARDS[cfg.reward](2).quadratic_form() is not None

@@ -23,7 +23,12 @@ BAD = [
     (["run", "train.steps=10", "train.steps=20"], "'train.steps' is given twice (10 and 20); keep one"),
     (["run", "method.t_min=0.9", "method.t_max=0.1"], "method.t_min (0.9) must be below method.t_max (0.1)"),
     (["run", "backend=sd99"], "backend=sd99 is not valid; choose from: analytic"),
-    (["run", "reward=redness"], "reward=redness is not valid; choose from: colorfulness, linear, quadratic"),
+    (["run", "reward=redness"], "reward 'redness' is not known; choose from: aesthetic, clip_score, colorfulness"),
+    (["run", "reward={hpsv2: high}"], "reward weight of hpsv2 must be a number, got 'high'"),
+    (["run", "reward=[hpsv2]"], "reward expects a name or a mapping of names to weights"),
+    (["run", "reward=hpsv2", "weights=/nonexistent"],
+     "hpsv2: weights file HPS_v2_compressed.pt not found at /nonexistent/hpsv2/HPS_v2_compressed.pt; put it in "
+     "DIR/hpsv2/ and pass weights=DIR or set BENCH_WEIGHTS=DIR"),
     (["run", "method.estimator=exakt"], "method.estimator=exakt is not valid; did you mean 'exact'?"),
     (["run", "method=kl_rlhf", "method.c=1"], "unknown key 'method.c'"),
     (["run", "method.c=0"], "method.c must be greater than 0, got 0.0"),

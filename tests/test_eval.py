@@ -1,21 +1,28 @@
-"""`bench eval` on analytic-world runs: protocol, per-image scores, resume, determinism, errors."""
+"""`bench eval` on analytic-world runs and diffusers pipelines: protocol, per-image scores, resume, errors."""
 
 import json
 import shutil
 import signal
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bench.cli import main
 from bench.config import build_config
+from bench.eval.prompts import HPS_STYLES
+from bench.provenance import file_sha256
+from bench.rewards import SCORERS
 from bench.store import Store
 from bench.store.files import read_jsonl
 
 from conftest import bench, bench_process, wait_until
+from random_weights import write_inception, write_weights
+from tiny_pipelines import tiny_sd15
 
-PROTOCOL_KEYS = {"prompt_set", "images", "resolution", "resize", "metrics", "generator", "checkpoint_step",
-                 "checkpoint_sha256", "backend", "world"}
+PROTOCOL_KEYS = {"prompt_set", "images", "resolution", "resize", "metrics", "scorer_resize", "fid", "generator",
+                 "checkpoint_step", "checkpoint_sha256", "backend", "world", "own_metrics"}
 
 
 @pytest.fixture
@@ -77,10 +84,20 @@ def test_interrupted_eval_resumes_without_redoing_finished_images(results, train
 
 @pytest.mark.parametrize("args, message", [
     (["run=nope"], "no run 'nope' in"),
-    (["run=latest", "prompts=coco"], "prompt set 'coco' is not available"),
-    (["run=latest", "n=0"], "n must be a whole number of at least 2, got '0'"),
+    (["run=latest", "prompts=coco"], "so it is evaluated on prompts=analytic (got prompts=coco)"),
+    (["run=latest", "n=0"], "n must be a whole number of at least 1, got '0'"),
+    (["run=latest", "n=1"], "n must be at least 2 for an analytic-world run"),
+    (["run=latest", "subset=3"], "drop subset="),
+    (["run=latest", "metrics=hps"], "metrics: unknown scorer 'hps'; did you mean 'hpsv2'?"),
+    (["run=latest", "metrics=aesthetic", "weights=/nonexistent"],
+     "aesthetic: config.json, model.safetensors not found in /nonexistent/aesthetic/model"),
+    (["run=latest", "fid_ref=/nonexistent/ref", "inception=/nonexistent/i.pt"],
+     "FID needs the Inception weights inception-2015-12-05.pt; looked in /nonexistent/i.pt"),
+    (["pipeline=/nonexistent/pipe"], "/nonexistent/pipe is not a diffusers pipeline folder (no model_index.json"),
+    (["pipeline=nobody/no-such-model"], "pipeline nobody/no-such-model is not in the Hugging Face cache"),
+    (["run=latest", "pipeline=x"], "bench eval needs run=ID"),
     (["run=latest", "batch=x"], "batch must be a whole number of at least 1, got 'x'"),
-    (["run=latest", "images=3"], "bench eval takes run=, prompts=, n=, seed=, batch=, got 'images=3'"),
+    (["run=latest", "images=3"], "bench eval takes run=, pipeline=, prompts=, n=, subset=, seed=, batch=, metrics="),
     (["n=4"], "bench eval needs run=ID"),
 ])
 def test_bad_eval_invocations(results, trained, capsys, args, message):
@@ -111,3 +128,61 @@ def test_eval_at_the_training_seed_reproduces_the_runs_own_final_evaluation(resu
                             / "summary.json").read_text())
     for key, value in run.summary["metrics"].items():
         assert evaluated["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    write_weights(root / "weights")
+    write_inception(root / "inception.pt")
+    reference = root / "reference"
+    reference.mkdir()
+    for i in range(12):
+        pixels = np.random.default_rng(i).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(reference / f"{i:05d}.png")
+    return {"pipeline": tiny_sd15(root), "weights": root / "weights", "inception": root / "inception.pt",
+            "reference": reference}
+
+
+def test_eval_of_a_diffusers_pipeline_with_every_scorer_and_fid(results, assets, capsys):
+    args = ["eval", f"pipeline={assets['pipeline']}", "prompts=builtin", "subset=8", "seed=1", "batch=3",
+            f"metrics={','.join(SCORERS)}", f"weights={assets['weights']}", f"fid_ref={assets['reference']}",
+            f"inception={assets['inception']}", f"results.dir={results}"]
+    assert main(args) == 0
+    (row,) = Store(results).rows()
+    assert row["id"].startswith("pipeline-sd15-") and row["method"] == "external" and row["status"] == "finished"
+    folder = eval_dir(results, row["id"], "builtin-n1-sub8-seed1")
+    summary = json.loads((folder / "summary.json").read_text())
+    protocol = summary["protocol"]
+    assert protocol["prompt_set"]["name"] == "builtin[n=8,seed=1]" and protocol["images"] == 8
+    assert protocol["scheduler"] == "EulerDiscreteScheduler" and protocol["steps"] == 1
+    assert set(protocol["metrics"]) == set(SCORERS)
+    assert all(len(sha) == 64 for info in protocol["metrics"].values() for sha in info["weights_sha256"].values())
+    assert protocol["fid"]["inception_sha256"] == file_sha256(assets["inception"])
+    assert set(summary["metrics"]) == {*SCORERS, "fid"} and summary["metrics"]["fid"] > 0
+    assert set(summary["provenance"]["packages"]) >= {"diffusers", "transformers"}
+    # hpsv2.evaluate's layout: one folder a style, images numbered within it.
+    saved = sorted(p.relative_to(folder / "images").as_posix() for p in (folder / "images").rglob("*.jpg"))
+    assert len(saved) == 8 and all(s.split("/")[0] in HPS_STYLES and s.endswith(".jpg") for s in saved)
+    assert {s.split("/")[1] for s in saved} >= {"00000.jpg"}
+    lines = read_jsonl(folder / "scores.jsonl")
+    assert summary["metrics"]["pickscore"] == pytest.approx(sum(r["pickscore"] for r in lines) / 8, rel=1e-6)
+
+    # Cut the last three score lines (a crash mid-batch): the rerun redoes those images only, same numbers.
+    kept = (folder / "scores.jsonl").read_text().splitlines()[:5]
+    (folder / "scores.jsonl").write_text("\n".join(kept) + "\n")
+    stamps = {p: p.stat().st_mtime_ns for p in (folder / "images").rglob("*.jpg")}
+    assert main(args) == 0
+    changed = [p for p, stamp in stamps.items() if p.stat().st_mtime_ns != stamp]
+    assert len(changed) == 3
+    again = json.loads((folder / "summary.json").read_text())
+    assert again["metrics"] == pytest.approx(summary["metrics"], rel=1e-5)
+    assert len(Store(results).rows()) == 1  # the pipeline's run entry is reused
+
+
+def test_eval_of_an_analytic_run_adds_image_scorers_to_the_exact_metrics(results, trained, assets):
+    assert main(["eval", f"run={trained}", "n=2", "metrics=aesthetic,clip_score", f"weights={assets['weights']}",
+                 f"results.dir={results}"]) == 0
+    summary = json.loads((eval_dir(results, trained, "analytic-n2-seed0") / "summary.json").read_text())
+    assert {"aesthetic", "clip_score", "reward", "nll_ref", "mmd_star"} <= set(summary["metrics"])
+    assert summary["protocol"]["metrics"]["aesthetic"]["version"].startswith("v2")

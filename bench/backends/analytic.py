@@ -18,7 +18,7 @@ from bench.analytic.mixture import GaussianMixture
 from bench.analytic.pictures import captions, component_means
 from bench.diffusion import VPSchedule, broadcast
 from bench.eval.analytic import optimum_summary, world_metrics
-from bench.rewards.analytic import ANALYTIC_REWARDS
+from bench.rewards.analytic import build_reward
 
 CAPTION_FEATURES = 64
 TIME_FREQUENCIES = 32
@@ -88,7 +88,7 @@ class AnalyticBackend:
         log_weights = torch.full((world.prompts, world.components), -math.log(world.components))
         self.reference = GaussianMixture(means, log_weights, world.s0**2)
         self.schedule = VPSchedule()
-        self.reward = ANALYTIC_REWARDS[cfg.reward](world.image_size)
+        self.reward = build_reward(cfg.reward, self.captions, world.image_size, cfg.weights or None)
         form = self.reward.quadratic_form()
         temperature = cfg.eval.target_alpha_rew or cfg.method.alpha_rew
         self.optimum = None if form is None else self.reference.tilt(*form, temperature)

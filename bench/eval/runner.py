@@ -1,99 +1,263 @@
-"""`bench eval`: score a run's generator on a prompt set with fixed seeds, resumably, with its protocol.
+"""`bench eval`: generate images for a prompt set with fixed seeds, score them, keep everything with its protocol.
 
-    runs/<id>/evals/<eval id>/protocol.json   what was measured and how (written first; a rerun must match it)
-                              images/<index:05d>.png
-                              samples/<first index>.pt   full-precision samples, for the exact world metrics
-                              scores.jsonl              one line an image: index, caption, seed, scores
+    runs/<id>/evals/<eval id>/protocol.json   what is measured and how (written first; a rerun must match it)
+                              images/<index:05d>.png, or images/<style>/<k:05d>.jpg for styled sets
+                                                        (the layout hpsv2.evaluate reads: k counts per style)
+                              samples/<first index>.pt  full-precision analytic samples, for the exact metrics
+                              scores.jsonl              one line an image: index, prompt, seed, scores
                               summary.json              protocol, metrics, per-prompt scores, provenance
 
-Image i's noise depends on (seed, i) only, so batching and interruption change nothing: a resumed evaluation
-skips the images already scored and ends with the numbers an uninterrupted one gives.
+What is evaluated is a run of this suite (`run=ID`) or any diffusers pipeline folder (`pipeline=DIR`, a
+baseline such as a published one-step model), which gets a run entry of its own in the store. Image i's noise
+depends on (seed, i) only, so batching and interruption change nothing: a resumed evaluation skips the images
+already scored and ends with the numbers an uninterrupted one gives.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from bench.backends import build_backend
-from bench.config import config_from_dict
 from bench.errors import UsageError
-from bench.eval.prompts import PromptSet
+from bench.eval.prompts import PromptSet, load_prompt_set
 from bench.provenance import file_sha256, provenance
 from bench.store import Run, Store
 from bench.store.files import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_jsonl
 
-PROMPT_SETS = ("analytic",)
+
+@dataclass
+class EvalRequest:
+    prompts: str = "analytic"
+    n: int = 64  # images per prompt
+    subset: int = 0  # prompts drawn from the set with `seed` (0: all)
+    seed: int = 0
+    batch: int = 256
+    metrics: tuple[str, ...] = ()  # image scorers by name
+    weights: str | None = None
+    fid_ref: str | None = None  # reference image folder or .npz statistics
+    inception: str | None = None
+    fid_resize: int = 0  # centre crop + LANCZOS to this side before FID's own resize (COCO protocol: 256)
+    steps: int = 1  # pipelines only
+    guidance: float = 0.0
+    resolution: int = 0  # pipelines only; 0: the pipeline's default
+
+    @property
+    def eval_id(self) -> str:
+        name = self.prompts.partition(":")[0]
+        return f"{name}-n{self.n}{f'-sub{self.subset}' if self.subset else ''}-seed{self.seed}"
 
 
-def evaluate_run(store: Store, run: Run, prompts: str, per_prompt: int, seed: int, batch: int,
-                 progress: bool) -> dict:
-    if prompts not in PROMPT_SETS:
-        raise UsageError(f"prompt set '{prompts}' is not available for run {run.id}; choose from: "
-                         f"{', '.join(PROMPT_SETS)}")
-    if not run.checkpoint_path.exists():
-        raise UsageError(f"run {run.id} has no checkpoint to evaluate (looked for {run.checkpoint_path})")
-    cfg = config_from_dict(run.config)
-    backend = build_backend(cfg, torch.device("cpu"))
-    generator = backend.generator
-    state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
-    generator.load_state_dict(state["ema"])
-    generator.eval()
+class AnalyticSource:
+    """A run of the analytic world: its EMA generator on the world's captions, with the exact metrics."""
 
-    eval_id = f"{prompts}-n{per_prompt}-seed{seed}"
-    folder = run.dir / "evals" / eval_id
-    total = per_prompt * len(backend.captions)
+    def __init__(self, run: Run, request: EvalRequest):
+        from bench.backends import build_backend
+        from bench.config import config_from_dict
+
+        if request.prompts != "analytic":
+            raise UsageError(f"run {run.id} lives in the analytic world, so it is evaluated on prompts=analytic "
+                             f"(got prompts={request.prompts})")
+        if request.subset:
+            raise UsageError("subset= picks prompts from a large set; an analytic-world run is evaluated on all its "
+                             "captions, so drop subset=")
+        if request.n < 2:
+            raise UsageError("n must be at least 2 for an analytic-world run (the exact metrics need two samples "
+                             "a caption)")
+        if not run.checkpoint_path.exists():
+            raise UsageError(f"run {run.id} has no checkpoint to evaluate (looked for {run.checkpoint_path})")
+        self.run, self.cfg = run, config_from_dict(run.config)
+        self.backend = build_backend(self.cfg, torch.device("cpu"))
+        self.state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
+        self.generator = self.backend.generator
+        self.generator.load_state_dict(self.state["ema"])
+        self.generator.eval()
+        self.prompt_set = PromptSet("analytic", tuple(self.backend.captions))
+
+    def protocol(self) -> dict:
+        return {"resolution": list(self.backend.shape), "resize": "none (images saved x4 nearest for viewing)",
+                "generator": "ema", "checkpoint_step": self.state["step"],
+                "checkpoint_sha256": file_sha256(self.run.checkpoint_path), "backend": self.cfg.backend,
+                "world": self.run.config["world"], "own_metrics": {
+                    "reward": f"{self.backend.reward.name} v{self.backend.reward.version}",
+                    "world": "analytic exact v1"}}
+
+    @torch.no_grad()
+    def generate(self, indices: list[int], prompt_ids: list[int], texts: list[str], seed: int, folder: Path):
+        cond = torch.tensor(prompt_ids)
+        x = self.generator(torch.stack([self.backend.image_noise(i, seed) for i in indices]), cond)
+        atomic_torch_save(folder / "samples" / f"{indices[0]:05d}.pt", {"index": torch.tensor(indices), "x": x})
+        pil = [self.backend.to_pil(image) for image in x]
+        return (x.clamp(-1, 1) + 1) / 2, pil, self.backend.image_scores(x, cond)
+
+    def exact_metrics(self, folder: Path, total: int, per_prompt: int, seed: int):
+        samples = torch.zeros(total, *self.backend.shape)
+        for path in sorted((folder / "samples").glob("*.pt")):
+            chunk = torch.load(path, weights_only=True)
+            samples[chunk["index"]] = chunk["x"]
+        return self.backend.metrics_of(samples, torch.arange(total) // per_prompt, seed)
+
+
+class PipelineSource:
+    """A diffusers pipeline folder sampled in `steps` steps, each image with its own seeded generator."""
+
+    def __init__(self, path: str, request: EvalRequest):
+        from bench.backends.diffusers_io import load_pipeline
+
+        self.path = Path(path)
+        self.pipe = load_pipeline(self.path)
+        self.pipe.set_progress_bar_config(disable=True)  # one bar, ours, counts images
+        self.request = request
+        self.prompt_set = load_prompt_set(request.prompts)
+
+    def fingerprint(self) -> str:
+        """Hash of the folder's weights and configs: a changed pipeline never shares an evaluation folder."""
+        digest = hashlib.sha256()
+        for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(self.path)}:{file_sha256(file)}".encode())
+        return digest.hexdigest()
+
+    def protocol(self) -> dict:
+        r = self.request
+        return {"resolution": r.resolution or "pipeline default", "resize": "none",
+                "generator": f"{type(self.pipe).__name__} from {self.path.resolve()}",
+                "pipeline_sha256": self.fingerprint(), "scheduler": type(self.pipe.scheduler).__name__,
+                "steps": r.steps, "guidance": r.guidance}
+
+    @torch.no_grad()
+    def generate(self, indices: list[int], prompt_ids: list[int], texts: list[str], seed: int, folder: Path):
+        r = self.request
+        size = {"height": r.resolution, "width": r.resolution} if r.resolution else {}
+        generators = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in indices]
+        images = self.pipe(prompt=texts, num_inference_steps=r.steps,
+                           guidance_scale=r.guidance, generator=generators, output_type="pt", **size).images
+        images = images.float().cpu().clamp(0, 1)
+        pil = [to_pil(image) for image in images]
+        return images, pil, {}
+
+    def exact_metrics(self, folder, total, per_prompt, seed):
+        return {}, None
+
+
+def to_pil(image: torch.Tensor):
+    from PIL import Image
+
+    return Image.fromarray((image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+
+
+def image_path(folder: Path, prompts: PromptSet, index: int, per_prompt: int) -> Path:
+    if not prompts.styles:
+        return folder / "images" / f"{index:05d}.png"
+    prompt = index // per_prompt
+    style = prompts.styles[prompt]
+    within = sum(1 for s in prompts.styles[:prompt] if s == style)
+    return folder / "images" / style / f"{within * per_prompt + index % per_prompt:05d}.jpg"
+
+
+def pipeline_run(store: Store, source: PipelineSource) -> Run:
+    """The store entry of an external pipeline: one per folder content, reused by every evaluation of it."""
+    run_id = f"pipeline-{source.path.name}-{source.fingerprint()[:10]}"
+    if (store.root / "runs" / run_id).exists():
+        return store.get(run_id)
+    config = {"method": {"name": "external"}, "backend": "diffusers", "reward": "", "name": source.path.name,
+              "seed": None, "pipeline": {"path": str(source.path.resolve()), "class": type(source.pipe).__name__}}
+    run = store.create(config, run_id=run_id)
+    run.finish({"run": run_id, "metrics": {}, "provenance": provenance(config, "cpu")})
+    return run
+
+
+def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipeline: str | None = None,
+             progress: bool = False) -> tuple[Run, dict]:
+    from bench.rewards import load_scorer
+
+    source = AnalyticSource(run, request) if run is not None else PipelineSource(pipeline, request)
+    run = run or pipeline_run(store, source)
+    prompts = source.prompt_set.subset(request.subset, request.seed) if request.subset else source.prompt_set
+    scorers = {name: load_scorer(name, request.weights) for name in request.metrics}
+    fid = fid_setup(request) if request.fid_ref else None
+    folder = run.dir / "evals" / request.eval_id
+    total = request.n * len(prompts.prompts)
     protocol = {
-        "prompt_set": {"name": prompts, "version": PromptSet(prompts, tuple(backend.captions)).version,
-                       "size": len(backend.captions), "per_prompt": per_prompt, "seed": seed},
-        "images": total, "resolution": list(backend.shape), "resize": "none (images saved x4 nearest for viewing)",
-        "metrics": {"reward": f"{backend.reward.name} v{backend.reward.version}", "world": "analytic exact v1"},
-        "generator": "ema", "checkpoint_step": state["step"], "checkpoint_sha256": file_sha256(run.checkpoint_path),
-        "backend": cfg.backend, "world": run.config["world"],
+        "prompt_set": {"name": prompts.name, "version": prompts.version, "size": len(prompts.prompts),
+                       "per_prompt": request.n, "seed": request.seed},
+        "images": total, **source.protocol(),
+        "metrics": {name: scorer.info for name, scorer in scorers.items()},
+        "scorer_resize": "torch bicubic, antialiased, inside the autograd graph" if scorers else None,
+        "fid": fid and {"protocol": fid["protocol"], "reference": request.fid_ref, "pre_resize": request.fid_resize,
+                        "inception_sha256": fid["inception"].sha256},
     }
     saved = folder / "protocol.json"
     if saved.exists() and json.loads(saved.read_text()) != protocol:
-        raise UsageError(f"{folder} holds an evaluation under another protocol (the checkpoint changed?); "
-                         "remove that folder or evaluate with another seed=")
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "samples").mkdir(exist_ok=True)
+        raise UsageError(f"{folder} holds an evaluation under another protocol (the checkpoint, pipeline or a "
+                         "metric changed?); remove that folder or evaluate with another seed=")
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, protocol)
 
     done = {r["index"] for r in read_jsonl(folder / "scores.jsonl")}
     todo = [i for i in range(total) if i not in done]
     bar = tqdm(total=total, initial=total - len(todo), desc=f"eval {run.id}", unit="img", disable=not progress)
-    for start in range(0, len(todo), batch):
-        indices = todo[start:start + batch]
-        cond = torch.tensor([i // per_prompt for i in indices])
-        with torch.no_grad():
-            z = torch.stack([backend.image_noise(i, seed) for i in indices])
-            x = generator(z, cond)
-            scores = backend.image_scores(x, cond)
-        # Images and samples first, score lines last: a line in scores.jsonl means its image is complete.
-        for i, image in zip(indices, x, strict=True):
+    for start in range(0, len(todo), request.batch):
+        indices = todo[start:start + request.batch]
+        prompt_ids = [i // request.n for i in indices]
+        texts = [prompts.prompts[p] for p in prompt_ids]
+        images, pil, scores = source.generate(indices, prompt_ids, texts, request.seed, folder)
+        scores = {**scores, **{name: scorer.score(images, texts) for name, scorer in scorers.items()}}
+        # Images first, score lines last: a line in scores.jsonl means its image is complete.
+        for i, picture in zip(indices, pil, strict=True):
+            path = image_path(folder, prompts, i, request.n)
+            path.parent.mkdir(parents=True, exist_ok=True)
             buffer = io.BytesIO()
-            backend.to_pil(image).save(buffer, format="PNG")
-            atomic_write_bytes(folder / "images" / f"{i:05d}.png", buffer.getvalue())
-        atomic_torch_save(folder / "samples" / f"{indices[0]:05d}.pt", {"index": torch.tensor(indices), "x": x})
+            picture.save(buffer, format="JPEG" if path.suffix == ".jpg" else "PNG", quality=95)
+            atomic_write_bytes(path, buffer.getvalue())
         with open(folder / "scores.jsonl", "a") as handle:
             for k, i in enumerate(indices):
-                line = {"index": i, "caption": backend.captions[i // per_prompt], "seed": seed,
+                line = {"index": i, "caption": prompts.prompts[i // request.n], "seed": request.seed,
                         **{name: float(values[k]) for name, values in scores.items()}}
                 handle.write(json.dumps(line) + "\n")
         bar.update(len(indices))
     bar.close()
 
-    samples = torch.zeros(total, *backend.shape)
-    for path in sorted((folder / "samples").glob("*.pt")):
-        chunk = torch.load(path, weights_only=True)
-        samples[chunk["index"]] = chunk["x"]
-    cond = torch.arange(total) // per_prompt
-    metrics, rows = backend.metrics_of(samples, cond, seed)
-    summary = {"run": run.id, "eval_id": eval_id, "protocol": protocol, "metrics": metrics, "per_prompt": rows,
-               "provenance": provenance(run.config, "cpu")}
+    lines = sorted(read_jsonl(folder / "scores.jsonl"), key=lambda r: r["index"])
+    metrics, rows = source.exact_metrics(folder, total, request.n, request.seed)
+    names = [key for key in lines[0] if key not in ("index", "caption", "seed")]
+    metrics |= {name: sum(r[name] for r in lines) / len(lines) for name in names if name not in metrics}
+    rows = rows if rows is not None else per_prompt_means(lines, names)
+    if fid:
+        metrics["fid"] = fid_of(folder, fid, request, store.root, progress)
+    summary = {"run": run.id, "eval_id": request.eval_id, "protocol": protocol, "metrics": metrics,
+               "per_prompt": rows, "provenance": provenance(run.config, "cpu")}
     atomic_write_json(folder / "summary.json", summary)
     store.index_eval(run, summary)
-    return summary
+    return run, summary
+
+
+def per_prompt_means(lines: list[dict], names: list[str]) -> list[dict]:
+    groups: dict[str, list[dict]] = {}
+    for line in lines:
+        groups.setdefault(line["caption"], []).append(line)
+    return [{"caption": caption, **{n: sum(r[n] for r in group) / len(group) for n in names}}
+            for caption, group in groups.items()]
+
+
+def fid_setup(request: EvalRequest) -> dict:
+    from bench.eval.fid import PROTOCOL, Inception, locate_inception
+
+    return {"protocol": PROTOCOL, "inception": Inception(locate_inception(request.inception), torch.device("cpu"))}
+
+
+def fid_of(folder: Path, fid: dict, request: EvalRequest, store_root: Path, progress: bool) -> float:
+    from bench.eval.fid import features, frechet_distance, image_files, reference_statistics, statistics
+
+    mu_ref, sigma_ref, _ = reference_statistics(request.fid_ref, fid["inception"], store_root, request.fid_resize,
+                                                progress)
+    mu, sigma = statistics(features(image_files(folder / "images"), fid["inception"], request.fid_resize,
+                                    progress=progress))
+    if mu.shape != mu_ref.shape:
+        raise UsageError(f"FID reference {request.fid_ref} has {mu_ref.shape[0]}-d statistics but the Inception "
+                         f"file gives {mu.shape[0]}-d features; compute both with the same inception=")
+    return frechet_distance(mu, sigma, mu_ref, sigma_ref)

@@ -7,51 +7,54 @@ is all the world needs to write the KL-optimal aligned law p* in closed form.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.analytic.pictures import render
 
 
-class LinearReward:
+class LinearReward(nn.Module):
     """Redness: r(x) = w . x with w the unit direction that raises red and lowers green and blue."""
 
     name, version = "linear", "1"
 
     def __init__(self, size: int):
+        super().__init__()
         w = torch.tensor([1.0, -0.5, -0.5]).reshape(3, 1, 1).expand(3, size, size).flatten()
         self.w = w / w.norm()
 
-    def __call__(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         return x.flatten(1) @ self.w
 
     def quadratic_form(self) -> tuple[float, Tensor]:
         return 0.0, self.w
 
 
-class QuadraticReward:
+class QuadraticReward(nn.Module):
     """Pull towards a target picture (a large yellow circle): r(x) = -|x - x*|^2 / 2."""
 
     name, version = "quadratic", "1"
 
     def __init__(self, size: int):
+        super().__init__()
         self.target = render("a yellow circle", 4, size).flatten()
 
-    def __call__(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         return -0.5 * (x.flatten(1) - self.target).pow(2).sum(1)
 
     def quadratic_form(self) -> tuple[float, Tensor]:
         return 0.5, self.target
 
 
-class ColorfulnessReward:
+class ColorfulnessReward(nn.Module):
     """Hasler-Suesstrunk colourfulness (x10) of the picture: not quadratic, so p* has no closed form."""
 
     name, version = "colorfulness", "1"
 
     def __init__(self, size: int):
+        super().__init__()
         self.size = size
 
-    def __call__(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         rgb = (x.reshape(x.shape[0], 3, -1) + 1) / 2
         rg = rgb[:, 0] - rgb[:, 1]
         yb = 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
@@ -65,3 +68,29 @@ class ColorfulnessReward:
 
 
 ANALYTIC_REWARDS = {cls.name: cls for cls in (LinearReward, QuadraticReward, ColorfulnessReward)}
+
+
+class OnPictures(nn.Module):
+    """An image scorer as a reward of the analytic world: pictures in [-1, 1] -> [0, 1], caption ids -> text."""
+
+    def __init__(self, scorer: nn.Module, captions: list[str], size: int):
+        super().__init__()
+        self.scorer, self.captions, self.size = scorer, captions, size
+        self.name, self.version = scorer.name, scorer.version
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        images = (x.reshape(len(x), 3, self.size, self.size) + 1) / 2
+        return self.scorer(images, [self.captions[int(c)] for c in cond])
+
+
+def build_reward(spec: str, captions: list[str], size: int, weights: str | None):
+    """The configured reward of the analytic world: one analytic reward, or a weighted sum with image scorers."""
+    from bench.rewards import SCORERS, load_scorer, parse_reward
+    from bench.rewards.scorer import WeightedReward
+
+    terms = parse_reward(spec, (*ANALYTIC_REWARDS, *SCORERS))
+    if spec in ANALYTIC_REWARDS:
+        return ANALYTIC_REWARDS[spec](size)
+    parts = {name: (weight, ANALYTIC_REWARDS[name](size) if name in ANALYTIC_REWARDS
+                    else OnPictures(load_scorer(name, weights), captions, size)) for name, weight in terms.items()}
+    return WeightedReward(spec, parts)

@@ -102,9 +102,10 @@ class Store:
                    "PRIMARY KEY (run_id, eval_id))")
         return db
 
-    def create(self, config: dict, *, study: str | None = None, trial: int | None = None) -> Run:
+    def create(self, config: dict, *, study: str | None = None, trial: int | None = None,
+               run_id: str | None = None) -> Run:
         method = config["method"]["name"].replace(":", ".")
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{secrets.token_hex(3)}"
+        run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{secrets.token_hex(3)}"
         run = Run(self, run_id)
         (run.dir / "checkpoints").mkdir(parents=True)
         (run.dir / "samples").mkdir()

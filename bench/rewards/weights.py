@@ -1,0 +1,88 @@
+"""Where scorer weights come from: a local weights folder, else the Hugging Face cache or hub.
+
+With `weights=DIR` (or BENCH_WEIGHTS=DIR) scorer NAME reads DIR/NAME/<file>, as laid out by
+`huggingface-cli download REPO FILE --local-dir DIR/NAME`. Without it, files come from the hub cache and
+are downloaded when the machine is online. A miss names the file, every place looked in, and the key and
+variable that point elsewhere, instead of a hub traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bench.errors import UsageError
+from bench.provenance import file_sha256
+
+WEIGHTS_ENV = "BENCH_WEIGHTS"
+
+
+def weights_root(weights: str | None) -> Path | None:
+    chosen = weights or os.environ.get(WEIGHTS_ENV)
+    return Path(chosen).expanduser() if chosen else None
+
+
+def _fix(scorer: str, repo: str, pattern: str) -> str:
+    return (f"put it in DIR/{scorer}/ and pass weights=DIR or set {WEIGHTS_ENV}=DIR (on a machine with network: "
+            f"huggingface-cli download {repo} {pattern} --local-dir DIR/{scorer})")
+
+
+def locate_file(scorer: str, repo: str, filename: str, weights: str | None) -> Path:
+    root = weights_root(weights)
+    if root is not None:
+        path = root / scorer / filename
+        if path.is_file():
+            return path
+        raise UsageError(f"{scorer}: weights file {filename} not found at {path}; {_fix(scorer, repo, filename)}")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, filename))
+    except Exception as err:  # hub errors differ by cause (offline, missing, refused); all mean the same here
+        raise UsageError(f"{scorer}: weights file {filename} is not in the Hugging Face cache "
+                         f"({cache_dir()}) for {repo} and could not be downloaded ({type(err).__name__}); "
+                         f"{_fix(scorer, repo, filename)}") from None
+
+
+def locate_folder(scorer: str, repo: str, subfolder: str, needed: tuple[str, ...], weights: str | None) -> Path:
+    """A model or tokenizer folder: DIR/NAME/SUBFOLDER locally, else `repo` from the hub cache."""
+    root = weights_root(weights)
+    if root is not None:
+        path = root / scorer / subfolder
+        missing = [name for name in needed if not (path / name).is_file()]
+        if not missing:
+            return path
+        raise UsageError(f"{scorer}: {', '.join(missing)} not found in {path}; "
+                         f"{_fix(scorer, repo, '--include ' + ' '.join(needed))} and move them to {subfolder}/")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, allow_patterns=list(needed)))
+    except Exception as err:
+        raise UsageError(f"{scorer}: {', '.join(needed)} of {repo} are not in the Hugging Face cache "
+                         f"({cache_dir()}) and could not be downloaded ({type(err).__name__}); "
+                         f"{_fix(scorer, repo, '--include ' + ' '.join(needed))} and move them to {subfolder}/") \
+            from None
+
+
+def cache_dir() -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return HF_HUB_CACHE
+
+
+def load_state_dict(path: Path) -> dict:
+    """A checkpoint's tensors without running pickled code: safetensors, or torch.load(weights_only=True)."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def fingerprint(paths: list[Path]) -> dict[str, str]:
+    """sha256 of every weights file a scorer read, recorded with each number it produces."""
+    return {path.name: file_sha256(path) for path in paths}
