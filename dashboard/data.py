@@ -84,6 +84,8 @@ def load_runs(root: str, key: tuple) -> tuple[pd.DataFrame, list[str]]:
         except (TypeError, json.JSONDecodeError):
             warnings.append(f"skipped run {row['id']}: its index entry is corrupt (bench runs reindex rebuilds it)")
             continue
+        if row["method"] == "external":
+            continue  # an evaluated pipeline, not a training run: it shows in the evaluations table
         if row["status"] == "finished" and not (summary and "metrics" in summary):
             warnings.append(f"skipped run {row['id']}: finished but its summary is missing or partial")
             continue
@@ -116,11 +118,17 @@ def load_evals(root: str, key: tuple) -> pd.DataFrame:
     rows = []
     for row in Store(root).evals():
         protocol = json.loads(row["protocol"])
-        shared = {k: v for k, v in protocol.items() if k not in ("checkpoint_sha256", "checkpoint_step")}
+        # What identifies the model evaluated is not part of the protocol that rows must share.
+        shared = {k: v for k, v in protocol.items()
+                  if k not in ("checkpoint_sha256", "checkpoint_step", "generator", "pipeline_sha256")}
         prompt_set = protocol["prompt_set"]
-        label = (f"{protocol['backend']} | prompts {prompt_set['name']} v{prompt_set['version']}, "
-                 f"{prompt_set['per_prompt']} a prompt, seed {prompt_set['seed']} | "
-                 + ", ".join(protocol["metrics"].values()))
+        measured = [*protocol.get("own_metrics", {}).values(),
+                    *(f"{m['name']} {m['version']}" for m in protocol["metrics"].values())]
+        if protocol.get("fid"):
+            measured.append(f"FID vs {Path(protocol['fid']['reference']).name}")
+        label = (f"{protocol.get('backend', 'diffusers pipeline')} | prompts {prompt_set['name']} "
+                 f"v{prompt_set['version']}, {prompt_set['per_prompt']} a prompt, seed {prompt_set['seed']} | "
+                 + ", ".join(measured))
         rows.append({"run": row["run_id"], "eval": row["eval_id"], "protocol": json.dumps(shared, sort_keys=True),
                      "protocol_label": label, **json.loads(row["metrics"])})
     return pd.DataFrame(rows)
@@ -143,8 +151,9 @@ def run_files(root: Path, run_id: str, runs: pd.DataFrame) -> dict | None:
     for folder in sorted((root / "runs" / run_id / "evals").glob("*")) if config else []:
         summary_path = inside(root, "runs", run_id, "evals", folder.name, "summary.json")
         if summary_path:
-            images = sorted(p for p in (folder / "images").glob("*.png")
-                            if inside(root, "runs", run_id, "evals", folder.name, "images", p.name))
+            # Flat (images/00000.png) or one folder a style (images/<style>/00000.jpg, hpsv2's layout).
+            images = sorted(p for p in (folder / "images").rglob("*") if p.suffix in (".png", ".jpg")
+                            and inside(root, "runs", run_id, "evals", folder.name, *p.relative_to(folder).parts))
             evals[folder.name] = {"summary": json.loads(summary_path.read_text()), "images": images}
     return {
         "config": yaml.safe_load(config.read_text()) if config else {},

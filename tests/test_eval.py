@@ -17,7 +17,7 @@ from bench.rewards import SCORERS
 from bench.store import Store
 from bench.store.files import read_jsonl
 
-from conftest import bench, bench_process, wait_until
+from conftest import ROOT, bench, bench_process, wait_until
 from random_weights import write_inception, write_weights
 from tiny_pipelines import tiny_sd15
 
@@ -178,6 +178,21 @@ def test_eval_of_a_diffusers_pipeline_with_every_scorer_and_fid(results, assets,
     again = json.loads((folder / "summary.json").read_text())
     assert again["metrics"] == pytest.approx(summary["metrics"], rel=1e-5)
     assert len(Store(results).rows()) == 1  # the pipeline's run entry is reused
+
+
+def test_leaderboard_shows_a_pipeline_evaluation_with_its_scores(results, assets, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    assert main(["eval", f"pipeline={assets['pipeline']}", "subset=2", "metrics=hpsv2,pickscore",
+                 f"weights={assets['weights']}", f"results.dir={results}"]) == 0
+    monkeypatch.setenv("BENCH_RESULTS", str(results))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    (table,) = [t.value for t in at.table if "eval" in t.value.columns]
+    assert list(table["method"]) == ["external pipeline"] and table["eval"].iloc[0] == "builtin-n1-sub2-seed0"
+    assert {"hpsv2", "pickscore"} <= set(table.columns)
+    subheaders = " ".join(str(h.value) for h in at.subheader)
+    assert "diffusers pipeline | prompts builtin[n=2,seed=0]" in subheaders and "hpsv2 2.0" in subheaders
 
 
 def test_eval_of_an_analytic_run_adds_image_scorers_to_the_exact_metrics(results, trained, assets):

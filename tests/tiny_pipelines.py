@@ -28,8 +28,8 @@ def tiny_sd15(folder: Path, seed: int = 0) -> Path:
                                         eos_token_id=53, pad_token_id=53))
     clip_tokenizer(folder / "tok")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tok", model_max_length=77)
-    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", steps_offset=1, beta_start=0.00085, beta_end=0.012,
-                                       timestep_spacing="trailing")
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1, timestep_spacing="trailing")
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder / "sd15")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from bench.eval import evaluation_columns
 from dashboard.data import METRICS, load_evals, load_reported, stamp
 
-LOWER_IS_BETTER = {"nll_ref", "fd_ref", "mmd_ref", "fd_star", "mmd_star"}
+LOWER_IS_BETTER = {"nll_ref", "fd_ref", "mmd_ref", "fd_star", "mmd_star", "fid"}
 
 
 def aggregate(group: pd.DataFrame) -> pd.DataFrame:
@@ -71,11 +72,12 @@ def show(root, runs: pd.DataFrame) -> None:
         st.caption("One table per evaluation protocol: prompt set and version, images per prompt, seed, metric "
                    "versions.")
         methods_of = dict(zip(runs["id"], runs["method"], strict=True))
+        columns = evaluation_columns()
         for label, group in evaluations.groupby("protocol_label", sort=True):
             st.subheader(f"Protocol: {label}")
             table = group.drop(columns=["protocol", "protocol_label"]).assign(
-                method=[methods_of.get(r, "?") for r in group["run"]])
-            present = [m for m in METRICS if m in table and table[m].notna().any()]
+                method=[methods_of.get(r, "external pipeline") for r in group["run"]])
+            present = [m for m in columns if m in table and table[m].notna().any()]
             table = table.sort_values(metric if metric in table else present[0],
                                       ascending=(metric in LOWER_IS_BETTER) == best_first)
             st.table(table[["run", "method", "eval", *present]])
