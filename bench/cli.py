@@ -309,8 +309,14 @@ def cmd_eval(args: list[str]) -> int:
         print(EVAL_USAGE)
         return 0
     store, args = store_from(args)
-    keys = ("run", "pipeline", "prompts", "n", "subset", "seed", "batch", "metrics", "weights", "fid_ref",
-            "inception", "fid_resize", "steps", "guidance", "resolution")
+    import dataclasses
+
+    from bench.config import parse_value
+    from bench.eval.runner import EvalRequest, evaluate
+    from bench.rewards import SCORERS
+
+    fields = {f.name: f.type for f in dataclasses.fields(EvalRequest)}  # types as strings (PEP 563)
+    keys = ("run", "pipeline", *fields)
     options = {}
     for arg in args:
         key, sep, value = arg.partition("=")
@@ -319,24 +325,24 @@ def cmd_eval(args: list[str]) -> int:
         options[key] = value
     if ("run" in options) == ("pipeline" in options):
         raise UsageError("bench eval needs run=ID (bench runs list shows them), run=latest, or pipeline=DIR")
-    from bench.config import parse_value
-    from bench.eval.runner import EvalRequest, evaluate
-    from bench.rewards import SCORERS
-
-    request = EvalRequest(prompts=options.get("prompts", "analytic" if "run" in options else "builtin"),
-                          n=whole_number("n", options.get("n", "64" if "run" in options else "1"), 1),
-                          weights=options.get("weights"), fid_ref=options.get("fid_ref"),
-                          inception=options.get("inception"))
-    for key, low in (("subset", 0), ("seed", 0), ("batch", 1), ("fid_resize", 0), ("steps", 1), ("resolution", 0)):
-        if key in options:
-            setattr(request, key, whole_number(key, options[key], low))
-    if "guidance" in options:
-        request.guidance = parse_value("guidance", options["guidance"], float, {"ge": 0})
-    if options.get("metrics"):
-        request.metrics = tuple(options["metrics"].split(","))
-        for name in request.metrics:
-            if name not in SCORERS:
-                raise UsageError(f"metrics: unknown scorer '{name}'{did_you_mean(name, SCORERS)}")
+    # Defaults that depend on what is evaluated: a run of the analytic world or an external pipeline.
+    request = EvalRequest(prompts="analytic", n=64) if "run" in options else EvalRequest(prompts="builtin", n=1)
+    for key, text in options.items():
+        kind = fields.get(key)
+        if kind == "int":
+            value = whole_number(key, text, 1 if key in ("n", "batch", "steps") else 0)
+        elif kind == "float":
+            value = parse_value(key, text, float, {"ge": 0})
+        elif key == "metrics":
+            value = tuple(name for name in text.split(",") if name)
+            for name in value:
+                if name not in SCORERS:
+                    raise UsageError(f"metrics: unknown scorer '{name}'{did_you_mean(name, SCORERS)}")
+        elif kind is None:
+            continue  # run= or pipeline=
+        else:
+            value = text
+        setattr(request, key, value)
     run = None
     if "run" in options:
         run = store.latest() if options["run"] == "latest" else store.get(options["run"])

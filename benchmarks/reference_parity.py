@@ -106,6 +106,7 @@ def image_reward(root: Path) -> dict:
     from transformers import BertTokenizer
 
     from bench.rewards import load_scorer
+    from bench.rewards.image_reward import MEAN, STD
 
     from random_weights import bert_vocab
 
@@ -142,8 +143,7 @@ def image_reward(root: Path) -> dict:
             first = ours.text(input_ids=text.input_ids, attention_mask=text.attention_mask,
                               encoder_hidden_states=ours_pixels,
                               encoder_attention_mask=torch.ones(ours_pixels.shape[:-1], dtype=torch.long))
-            same_pixels[-1] -= float((ours.mlp(first.last_hidden_state[:, 0]) - 0.16717362830052426)
-                                     / 1.0333394966054072)
+            same_pixels[-1] -= float((ours.mlp(first.last_hidden_state[:, 0]) - MEAN) / STD)
             end_to_end.append(float(ours.score(as_tensor(im)[None], [prompt])) - results[-1])
     return {"reference": results, "same pixels": max(map(abs, same_pixels)), "end to end": max(map(abs, end_to_end))}
 

@@ -94,7 +94,6 @@ def test_interrupted_eval_resumes_without_redoing_finished_images(results, train
     (["run=latest", "fid_ref=/nonexistent/ref", "inception=/nonexistent/i.pt"],
      "FID needs the Inception weights inception-2015-12-05.pt; looked in /nonexistent/i.pt"),
     (["pipeline=/nonexistent/pipe"], "/nonexistent/pipe is not a diffusers pipeline folder (no model_index.json"),
-    (["pipeline=nobody/no-such-model"], "pipeline nobody/no-such-model is not in the Hugging Face cache"),
     (["run=latest", "pipeline=x"], "bench eval needs run=ID"),
     (["run=latest", "batch=x"], "batch must be a whole number of at least 1, got 'x'"),
     (["run=latest", "images=3"], "bench eval takes run=, pipeline=, prompts=, n=, subset=, seed=, batch=, metrics="),
@@ -103,6 +102,20 @@ def test_interrupted_eval_resumes_without_redoing_finished_images(results, train
 def test_bad_eval_invocations(results, trained, capsys, args, message):
     assert main(["eval", *args, f"results.dir={results}"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_unreachable_hub_pipeline_is_one_line(results, capsys, monkeypatch):
+    """A hub id resolves through the cache; a miss there (stubbed: no hub here) names the fix."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def not_cached(repo, **kwargs):
+        raise LocalEntryNotFoundError(f"{repo} is not cached and the hub is offline")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", not_cached)
+    assert main(["eval", "pipeline=nobody/no-such-model", f"results.dir={results}"]) == 2
+    err = capsys.readouterr().err
+    assert "pipeline nobody/no-such-model is not in the Hugging Face cache" in err and "--local-dir DIR" in err
+    assert err.count("\n") == 1
 
 
 def test_eval_refuses_to_mix_protocols_after_the_checkpoint_changes(results, trained, capsys):

@@ -1,7 +1,8 @@
 """Loading diffusers pipelines the way users have them: a local folder or a hub id, offline-first.
 
-A folder that does not exist, or a hub id that is neither cached nor downloadable here, ends in one line that
-says which, and how to fix it, instead of a hub traceback.
+A hub id is resolved to its folder in the Hugging Face cache (downloaded when online), so that what is loaded,
+hashed and recorded is always one folder on disk. A folder that is not a pipeline, or a hub id that is neither
+cached nor downloadable here, ends in one line that says which and how to fix it, instead of a hub traceback.
 """
 
 from __future__ import annotations
@@ -11,22 +12,26 @@ from pathlib import Path
 from bench.errors import UsageError
 
 
-def load_pipeline(source: str | Path, **kwargs):
-    from diffusers import DiffusionPipeline
-
-    path = Path(source)
-    looks_local = path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1
-    if looks_local:
-        if not (path / "model_index.json").is_file():
-            raise UsageError(f"{source} is not a diffusers pipeline folder (no model_index.json there); pass the "
-                             "folder that DiffusionPipeline.save_pretrained wrote, or a hub id such as "
-                             "stabilityai/sd-turbo")
-        return DiffusionPipeline.from_pretrained(path, local_files_only=True, **kwargs)
-    try:
-        return DiffusionPipeline.from_pretrained(str(source), **kwargs)
-    except Exception as err:  # offline, unknown id, refused: the hub raises several types that mean the same
+def pipeline_folder(source: str) -> Path:
+    path = Path(source).expanduser()
+    is_hub_id = not path.exists() and source.count("/") == 1 and not source.startswith((".", "/", "~"))
+    if is_hub_id:
+        from huggingface_hub import snapshot_download
         from huggingface_hub.constants import HF_HUB_CACHE
 
-        raise UsageError(f"pipeline {source} is not in the Hugging Face cache ({HF_HUB_CACHE}) and could not be "
-                         f"downloaded ({type(err).__name__}); on a machine with network run "
-                         f"`huggingface-cli download {source} --local-dir DIR` and pass DIR instead") from None
+        try:
+            path = Path(snapshot_download(source))
+        except Exception as err:  # offline, unknown id, refused: the hub raises several types that mean the same
+            raise UsageError(f"pipeline {source} is not in the Hugging Face cache ({HF_HUB_CACHE}) and could not "
+                             f"be downloaded ({type(err).__name__}); on a machine with network run "
+                             f"`huggingface-cli download {source} --local-dir DIR` and pass DIR instead") from None
+    if not (path / "model_index.json").is_file():
+        raise UsageError(f"{source} is not a diffusers pipeline folder (no model_index.json there); pass the folder "
+                         "that DiffusionPipeline.save_pretrained wrote, or a hub id such as stabilityai/sd-turbo")
+    return path
+
+
+def load_pipeline(folder: Path, **kwargs):
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(folder, local_files_only=True, **kwargs)

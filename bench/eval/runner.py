@@ -91,6 +91,7 @@ class AnalyticSource:
     def generate(self, indices: list[int], prompt_ids: list[int], texts: list[str], seed: int, folder: Path):
         cond = torch.tensor(prompt_ids)
         x = self.generator(torch.stack([self.backend.image_noise(i, seed) for i in indices]), cond)
+        (folder / "samples").mkdir(exist_ok=True)
         atomic_torch_save(folder / "samples" / f"{indices[0]:05d}.pt", {"index": torch.tensor(indices), "x": x})
         pil = [self.backend.to_pil(image) for image in x]
         return (x.clamp(-1, 1) + 1) / 2, pil, self.backend.image_scores(x, cond)
@@ -106,17 +107,19 @@ class AnalyticSource:
 class PipelineSource:
     """A diffusers pipeline folder sampled in `steps` steps, each image with its own seeded generator."""
 
-    def __init__(self, path: str, request: EvalRequest):
-        from bench.backends.diffusers_io import load_pipeline
+    def __init__(self, source: str, request: EvalRequest):
+        from bench.backends.diffusers_io import load_pipeline, pipeline_folder
 
-        self.path = Path(path)
+        self.source, self.path = source, pipeline_folder(source)
+        self.label = Path(source.rstrip("/")).name  # a hub id's cache folder is named by a commit, not the model
         self.pipe = load_pipeline(self.path)
         self.pipe.set_progress_bar_config(disable=True)  # one bar, ours, counts images
         self.request = request
         self.prompt_set = load_prompt_set(request.prompts)
+        self.sha256 = self.fingerprint()
 
     def fingerprint(self) -> str:
-        """Hash of the folder's weights and configs: a changed pipeline never shares an evaluation folder."""
+        """Hash of the folder's weights and configs (once: gigabytes): a changed pipeline gets its own entry."""
         digest = hashlib.sha256()
         for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
             digest.update(f"{file.relative_to(self.path)}:{file_sha256(file)}".encode())
@@ -125,8 +128,8 @@ class PipelineSource:
     def protocol(self) -> dict:
         r = self.request
         return {"resolution": r.resolution or "pipeline default", "resize": "none",
-                "generator": f"{type(self.pipe).__name__} from {self.path.resolve()}",
-                "pipeline_sha256": self.fingerprint(), "scheduler": type(self.pipe.scheduler).__name__,
+                "generator": f"{type(self.pipe).__name__} from {self.source}",
+                "pipeline_sha256": self.sha256, "scheduler": type(self.pipe.scheduler).__name__,
                 "steps": r.steps, "guidance": r.guidance}
 
     @torch.no_grad()
@@ -150,22 +153,26 @@ def to_pil(image: torch.Tensor):
     return Image.fromarray((image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
 
 
-def image_path(folder: Path, prompts: PromptSet, index: int, per_prompt: int) -> Path:
+def image_paths(folder: Path, prompts: PromptSet, per_prompt: int) -> list[Path]:
+    """Where every image goes: flat, or numbered within its style for styled sets (hpsv2's layout)."""
     if not prompts.styles:
-        return folder / "images" / f"{index:05d}.png"
-    prompt = index // per_prompt
-    style = prompts.styles[prompt]
-    within = sum(1 for s in prompts.styles[:prompt] if s == style)
-    return folder / "images" / style / f"{within * per_prompt + index % per_prompt:05d}.jpg"
+        return [folder / "images" / f"{i:05d}.png" for i in range(len(prompts.prompts) * per_prompt)]
+    paths, seen = [], {}
+    for style in prompts.styles:
+        first = seen.get(style, 0)
+        seen[style] = first + per_prompt
+        paths += [folder / "images" / style / f"{first + k:05d}.jpg" for k in range(per_prompt)]
+    return paths
 
 
 def pipeline_run(store: Store, source: PipelineSource) -> Run:
     """The store entry of an external pipeline: one per folder content, reused by every evaluation of it."""
-    run_id = f"pipeline-{source.path.name}-{source.fingerprint()[:10]}"
+    run_id = f"pipeline-{source.label}-{source.sha256[:10]}"
     if (store.root / "runs" / run_id).exists():
         return store.get(run_id)
-    config = {"method": {"name": "external"}, "backend": "diffusers", "reward": "", "name": source.path.name,
-              "seed": None, "pipeline": {"path": str(source.path.resolve()), "class": type(source.pipe).__name__}}
+    config = {"method": {"name": "external"}, "backend": "diffusers", "reward": "", "name": source.label,
+              "seed": None, "pipeline": {"source": source.source, "path": str(source.path.resolve()),
+                                         "class": type(source.pipe).__name__}}
     run = store.create(config, run_id=run_id)
     run.finish({"run": run_id, "metrics": {}, "provenance": provenance(config, "cpu")})
     return run
@@ -188,16 +195,17 @@ def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipe
         "images": total, **source.protocol(),
         "metrics": {name: scorer.info for name, scorer in scorers.items()},
         "scorer_resize": "torch bicubic, antialiased, inside the autograd graph" if scorers else None,
-        "fid": fid and {"protocol": fid["protocol"], "reference": request.fid_ref, "pre_resize": request.fid_resize,
-                        "inception_sha256": fid["inception"].sha256},
+        "fid": {"protocol": fid["protocol"], "reference": request.fid_ref, "pre_resize": request.fid_resize,
+                "inception_sha256": fid["inception"].sha256} if fid else None,
     }
     saved = folder / "protocol.json"
     if saved.exists() and json.loads(saved.read_text()) != protocol:
         raise UsageError(f"{folder} holds an evaluation under another protocol (the checkpoint, pipeline or a "
                          "metric changed?); remove that folder or evaluate with another seed=")
-    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, protocol)
 
+    paths = image_paths(folder, prompts, request.n)
     done = {r["index"] for r in read_jsonl(folder / "scores.jsonl")}
     todo = [i for i in range(total) if i not in done]
     bar = tqdm(total=total, initial=total - len(todo), desc=f"eval {run.id}", unit="img", disable=not progress)
@@ -209,14 +217,14 @@ def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipe
         scores = {**scores, **{name: scorer.score(images, texts) for name, scorer in scorers.items()}}
         # Images first, score lines last: a line in scores.jsonl means its image is complete.
         for i, picture in zip(indices, pil, strict=True):
-            path = image_path(folder, prompts, i, request.n)
+            path = paths[i]
             path.parent.mkdir(parents=True, exist_ok=True)
             buffer = io.BytesIO()
             picture.save(buffer, format="JPEG" if path.suffix == ".jpg" else "PNG", quality=95)
             atomic_write_bytes(path, buffer.getvalue())
         with open(folder / "scores.jsonl", "a") as handle:
             for k, i in enumerate(indices):
-                line = {"index": i, "caption": prompts.prompts[i // request.n], "seed": request.seed,
+                line = {"index": i, "caption": texts[k], "seed": request.seed,
                         **{name: float(values[k]) for name, values in scores.items()}}
                 handle.write(json.dumps(line) + "\n")
         bar.update(len(indices))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.rewards.scorer import ImageScorer, normalise, resize_crop, resize_pad
-from bench.rewards.weights import fingerprint, load_state_dict, locate_file, locate_folder
+from bench.rewards.weights import fingerprint, load_checked, load_state_dict, locate_file, locate_folder
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 MODEL_FILES = ("config.json", "model.safetensors")
@@ -145,11 +145,7 @@ class HPSv2(ClipScorer):
         arch = path.with_name("open_clip_config.json")
         model_cfg = json.loads(arch.read_text())["model_cfg"] if arch.is_file() else VIT_H_14
         model = CLIPModel(hf_config_of(model_cfg))
-        state = open_clip_to_hf(load_state_dict(path))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        # position_ids are buffers transformers rebuilds; anything else missing means a wrong checkpoint.
-        if [k for k in missing if not k.endswith("position_ids")] or unexpected:
-            raise ValueError(f"{path} does not match the CLIP layout (missing {missing}, unexpected {unexpected})")
+        load_checked(model, open_clip_to_hf(load_state_dict(path)), path)
         return cls(model, load_tokenizer(cls.name, LAION_H14, "tokenizer", weights), [path])
 
     def forward(self, images: Tensor, prompts: list[str]) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from bench.rewards.clip import RewardMLP
 from bench.rewards.scorer import ImageScorer, normalise, resize_crop
-from bench.rewards.weights import fingerprint, load_state_dict, locate_file, locate_folder
+from bench.rewards.weights import fingerprint, load_checked, load_state_dict, locate_file, locate_folder
 
 REPO = "THUDM/ImageReward"
 # The raw MLP output is standardised with these constants of the ImageReward release.
@@ -90,13 +90,9 @@ class ImageReward(ImageScorer):
             "max_position_embeddings", "layer_norm_eps", "hidden_act")}, encoder_hidden_size=vision.config.hidden_size)
         text = BlipTextModel(text_config, add_pooling_layer=False)
         mlp = RewardMLP(text_config.hidden_size)
-        for module, part, where in ((vision, vision_state, "visual_encoder"), (text, text_state, "text_encoder"),
-                                    (mlp, mlp_state, "mlp")):
-            missing, _ = module.load_state_dict(part, strict=False)
-            # The checkpoint also holds BLIP's unused heads; what our modules need must all be there.
-            missing = [k for k in missing if not k.endswith("position_ids")]
-            if missing:
-                raise ValueError(f"{path} lacks {len(missing)} {where} tensors, e.g. {missing[:3]}")
+        # Tensors beyond what each module needs are tolerated (the package's own load is non-strict as well).
+        for module, part in ((vision, vision_state), (text, text_state), (mlp, mlp_state)):
+            load_checked(module, part, path, allow_extra=True)
         tokenizer = BertTokenizer.from_pretrained(locate_folder(cls.name, "bert-base-uncased", "tokenizer",
                                                                 ("vocab.txt",), weights))
         tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})

@@ -27,6 +27,17 @@ def _fix(scorer: str, repo: str, pattern: str) -> str:
             f"huggingface-cli download {repo} {pattern} --local-dir DIR/{scorer})")
 
 
+def from_hub(fetch, scorer: str, repo: str, what: str, pattern: str) -> Path:
+    """`fetch()` from the hub cache (downloading when online); any failure becomes one line with the fix."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        return Path(fetch())
+    except Exception as err:  # hub errors differ by cause (offline, missing, refused); all mean the same here
+        raise UsageError(f"{scorer}: {what} of {repo} not in the Hugging Face cache ({HF_HUB_CACHE}) and could not "
+                         f"be downloaded ({type(err).__name__}); {_fix(scorer, repo, pattern)}") from None
+
+
 def locate_file(scorer: str, repo: str, filename: str, weights: str | None) -> Path:
     root = weights_root(weights)
     if root is not None:
@@ -36,39 +47,36 @@ def locate_file(scorer: str, repo: str, filename: str, weights: str | None) -> P
         raise UsageError(f"{scorer}: weights file {filename} not found at {path}; {_fix(scorer, repo, filename)}")
     from huggingface_hub import hf_hub_download
 
-    try:
-        return Path(hf_hub_download(repo, filename))
-    except Exception as err:  # hub errors differ by cause (offline, missing, refused); all mean the same here
-        raise UsageError(f"{scorer}: weights file {filename} is not in the Hugging Face cache "
-                         f"({cache_dir()}) for {repo} and could not be downloaded ({type(err).__name__}); "
-                         f"{_fix(scorer, repo, filename)}") from None
+    return from_hub(lambda: hf_hub_download(repo, filename), scorer, repo, f"weights file {filename}", filename)
 
 
 def locate_folder(scorer: str, repo: str, subfolder: str, needed: tuple[str, ...], weights: str | None) -> Path:
     """A model or tokenizer folder: DIR/NAME/SUBFOLDER locally, else `repo` from the hub cache."""
+    pattern = f"--include {' '.join(needed)} (into {subfolder}/)"
     root = weights_root(weights)
     if root is not None:
         path = root / scorer / subfolder
         missing = [name for name in needed if not (path / name).is_file()]
         if not missing:
             return path
-        raise UsageError(f"{scorer}: {', '.join(missing)} not found in {path}; "
-                         f"{_fix(scorer, repo, '--include ' + ' '.join(needed))} and move them to {subfolder}/")
+        raise UsageError(f"{scorer}: {', '.join(missing)} not found in {path}; {_fix(scorer, repo, pattern)}")
     from huggingface_hub import snapshot_download
 
-    try:
-        return Path(snapshot_download(repo, allow_patterns=list(needed)))
-    except Exception as err:
-        raise UsageError(f"{scorer}: {', '.join(needed)} of {repo} are not in the Hugging Face cache "
-                         f"({cache_dir()}) and could not be downloaded ({type(err).__name__}); "
-                         f"{_fix(scorer, repo, '--include ' + ' '.join(needed))} and move them to {subfolder}/") \
-            from None
+    return from_hub(lambda: snapshot_download(repo, allow_patterns=list(needed)), scorer, repo, ", ".join(needed),
+                    pattern)
 
 
-def cache_dir() -> str:
-    from huggingface_hub.constants import HF_HUB_CACHE
+def load_checked(module, state: dict, path: Path, *, allow_extra: bool = False) -> None:
+    """Load `state` into `module`, refusing a checkpoint that lacks tensors the module needs.
 
-    return HF_HUB_CACHE
+    position_ids are buffers transformers rebuilds itself; `allow_extra` accepts checkpoint tensors of heads the
+    scorer does not use.
+    """
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or (unexpected and not allow_extra):
+        raise ValueError(f"{path} does not match {type(module).__name__}: missing {missing[:3]} "
+                         f"({len(missing)} in all), unexpected {unexpected[:3]} ({len(unexpected)} in all)")
 
 
 def load_state_dict(path: Path) -> dict:
