@@ -77,8 +77,8 @@ def cmd_run(args: list[str]) -> int:
     from bench.store import Store
 
     if wants_help(args):
-        method = next((a.partition("=")[2] for a in args if a.startswith("method=")), "di_star")
-        print(help_text(method))
+        chosen = dict(a.partition("=")[::2] for a in args if a.startswith(("method=", "backend=")))
+        print(help_text(chosen.get("method", "di_star"), chosen.get("backend", "analytic")))
         return 0
     cfg = build_config(args)
     store = Store(cfg.results.dir)
@@ -96,12 +96,18 @@ def cmd_run(args: list[str]) -> int:
         cfg = config_from_dict(run.config)
         cfg.results.dir, cfg.device = str(store.root), device
         check_device(cfg)
-        run.update(status="running", message="")
-        return train_run(new_trainer(cfg, run))
+        trainer = new_trainer(cfg, None)
+
+        def reopen():
+            run.update(status="running", message="")
+            return run
+
+        trainer.attach(reopen)
+        return train_run(trainer)
     check_device(cfg)
     # Models and reward weights load before the run exists, so a missing file leaves no empty run behind.
     trainer = new_trainer(cfg, None)
-    trainer.run = store.create(cfg.to_dict())
+    trainer.attach(lambda: store.create(cfg.to_dict()))
     return train_run(trainer)
 
 
@@ -113,8 +119,8 @@ def check_device(cfg) -> None:
     if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", cfg.device):
         raise UsageError(f"device={cfg.device} is not a torch device; use cpu, cuda, cuda:N or auto")
     if cfg.device == "auto":
-        cfg.device = "cuda" if torch.cuda.is_available() and cfg.backend != "analytic" else "cpu"
-    if cfg.backend == "analytic" and cfg.device != "cpu":
+        cfg.device = "cuda" if torch.cuda.is_available() and cfg.backend.name != "analytic" else "cpu"
+    if cfg.backend.name == "analytic" and cfg.device != "cpu":
         raise UsageError("the analytic world runs on the CPU; use device=cpu (or device=auto)")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device={cfg.device} but CUDA is not available on this machine; use device=cpu")
@@ -129,19 +135,22 @@ def new_trainer(cfg, run):
 def train_run(trainer) -> int:
     from bench.train.trainer import Diverged
 
-    run = trainer.run
+    run, main = trainer.run, trainer.main  # only the main process writes to the store and prints
     try:
         summary = trainer.fit()
     except Diverged as err:
-        run.fail(str(err))
-        print(f"bench: run {run.id} failed: {err}\n  folder: {run.dir}", file=sys.stderr)
+        if main:
+            run.fail(str(err))
+            print(f"bench: run {run.id} failed: {err}\n  folder: {run.dir}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        run.fail(f"interrupted at step {trainer.step}")
-        print(f"\nbench: run {run.id} interrupted; continue it with: bench run resume={run.id}", file=sys.stderr)
+        if main:
+            run.fail(f"interrupted at step {trainer.step}")
+            print(f"\nbench: run {run.id} interrupted; continue it with: bench run resume={run.id}", file=sys.stderr)
         return 130
-    run.finish(summary)
-    print(report(summary, run))
+    if main:
+        run.finish(summary)
+        print(report(summary, run))
     return 0
 
 
@@ -293,7 +302,7 @@ and a summary with the full protocol under the run's evals/ folder. A pipeline (
 published one-step model) gets a run entry of its own. Running the same command again resumes: images already
 scored are skipped.
 
-  prompts=SET      analytic (runs of the analytic world), builtin, coco:PATH, hps_v2:DIR, parti:PATH
+  prompts=SET      analytic (runs of the analytic world), builtin, coco:PATH, hps_v2:DIR, parti:PATH, text:PATH
   n=N              images per prompt (64 for runs, 1 for pipelines)
   subset=N         N prompts of the set, chosen with seed (0: all)
   seed=S           noise seed (image i uses seed and i only)        batch=B   images per batch (256)

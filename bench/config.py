@@ -14,7 +14,6 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from bench.backends import BACKENDS
 from bench.errors import UsageError, did_you_mean
 from bench.rewards import SCORERS, parse_reward, reward_text
 from bench.rewards.analytic import ANALYTIC_REWARDS
@@ -43,17 +42,8 @@ class TrainConfig:
     eval_every: int = param(400, "steps between evaluations on the fixed seed set (0: only at start and end)",
                             ge=0)
     ckpt_every: int = param(200, "steps between checkpoints (the last step is always saved)", ge=1)
-
-
-@dataclass
-class WorldConfig:
-    image_size: int = param(8, "side of the analytic world's images (3 x N x N pixels)", ge=2, le=64)
-    prompts: int = param(8, "number of captions in the analytic world", ge=1, le=16)
-    components: int = param(4, "mixture components per caption", ge=1, le=8)
-    s0: float = param(0.1, "standard deviation of every mixture component", gt=0, le=1)
-    t_init: float = param(0.25, "time at which the reference denoiser initialises the one-step generator",
-                          gt=0, lt=1)
-    hidden: int = param(256, "hidden width of the generator and fake-score networks", ge=8)
+    precision: str = param("auto", "fp32, or bf16 autocast (auto: bf16 on a GPU, fp32 on the CPU)",
+                           choices=("auto", "fp32", "bf16"))
 
 
 @dataclass
@@ -77,7 +67,7 @@ def canonical_reward(text: str) -> str:
 @dataclass
 class RunConfig:
     method: Any = param(None, "alignment method: a registered name or module:Class")
-    backend: str = param("analytic", "reference model family", choices=tuple(BACKENDS))
+    backend: Any = param(None, "reference model family")
     reward: str = param("linear", "reward to maximise: a name or {name: weight, ...} over "
                         f"{', '.join([*ANALYTIC_REWARDS, *SCORERS])}", parse=canonical_reward)
     weights: str = param("", "folder with the image scorers' weights, one subfolder per scorer (or BENCH_WEIGHTS)")
@@ -86,7 +76,6 @@ class RunConfig:
     name: str = param("", "optional label stored with the run")
     resume: str = param("", "continue a run: 'latest' or a run id (its saved configuration is used)")
     train: TrainConfig = field(default_factory=TrainConfig)
-    world: WorldConfig = field(default_factory=WorldConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
 
@@ -94,7 +83,7 @@ class RunConfig:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "method":
+            if f.name in PLUGINS:
                 out[f.name] = {"name": value.name, **dataclasses.asdict(value)}
             elif dataclasses.is_dataclass(value):
                 out[f.name] = dataclasses.asdict(value)
@@ -104,6 +93,9 @@ class RunConfig:
 
 
 DEFAULT_METHOD = "di_star"
+DEFAULT_BACKEND = "analytic"
+# Sections chosen by name (`method=NAME`), whose keys (`method.KEY=VALUE`) are the chosen class's fields.
+PLUGINS = ("method", "backend")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -168,9 +160,8 @@ def leaf_fields(obj, prefix: str = ""):
     """(dotted key, owner object, field, type) for every settable field below `obj`."""
     hints = get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        if f.name == "method" and prefix == "":
-            method = obj.method
-            yield from leaf_fields(method, "method.")
+        if f.name in PLUGINS and prefix == "":
+            yield from leaf_fields(getattr(obj, f.name), f"{f.name}.")
             continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
@@ -204,22 +195,21 @@ def build_config(args: list[str], *, base: list[str] = ()) -> RunConfig:
     `base` is a layer below the command line that it may override (a sweep's fixed settings); within one
     layer a key given twice with two values is a mistake.
     """
-    from bench.method import load_method
-
     pairs = split_overrides(args)
     preset = [value for key, value in pairs if key == "preset"]
     ordered = split_overrides(list(base)) + (load_preset(preset[0]) if preset else [])
     ordered += [(k, v) for k, v in pairs if k != "preset"]
-    method_name = DEFAULT_METHOD
+    names = {"method": DEFAULT_METHOD, "backend": DEFAULT_BACKEND}
     for key, value in ordered:
-        if key in ("method", "method.name"):
-            method_name = value
-    cfg = RunConfig(method=load_method(method_name)())
+        section = key.removesuffix(".name")
+        if section in PLUGINS:
+            names[section] = value
+    cfg = new_config(names["method"], names["backend"])
     cfg.results.dir = default_root()
 
     fields = {key: (owner, f, kind) for key, owner, f, kind in leaf_fields(cfg)}
     for key, value in ordered:
-        if key in ("method", "method.name"):
+        if key.removesuffix(".name") in PLUGINS:
             continue
         if key not in fields:
             raise UsageError(f"unknown key '{key}'{did_you_mean(key, fields)} (see bench run --help)")
@@ -229,26 +219,37 @@ def build_config(args: list[str], *, base: list[str] = ()) -> RunConfig:
     return cfg
 
 
+def new_config(method: str, backend: str) -> RunConfig:
+    from bench.backends import load_backend
+    from bench.method import load_method
+
+    return RunConfig(method=load_method(method)(), backend=load_backend(backend).Config())
+
+
 def config_from_dict(data: dict) -> RunConfig:
     """Rebuild a RunConfig saved with a run (resume, sweeps)."""
-    args = [f"{key}={value}" for key, value in flatten(data).items() if key != "method.name"]
-    return build_config([f"method={data['method']['name']}", *args])
+    names = [f"{section}={data[section]['name']}" for section in PLUGINS]
+    args = [f"{key}={value}" for key, value in flatten(data).items() if key not in (f"{s}.name" for s in PLUGINS)]
+    return build_config([*names, *args])
 
 
-def help_text(method_name: str = DEFAULT_METHOD) -> str:
-    from bench.method import available_methods, load_method
+def help_text(method_name: str = DEFAULT_METHOD, backend_name: str = DEFAULT_BACKEND) -> str:
+    from bench.backends import BACKENDS
+    from bench.method import available_methods
 
-    cfg = RunConfig(method=load_method(method_name)())
+    cfg = new_config(method_name, backend_name)
     lines = [
         "usage: bench run [key=value ...]",
         "",
         "Train a one-step generator against a reference model and store the run.",
         f"Methods: {', '.join(available_methods())} (method=NAME; bench run method=NAME --help for its keys).",
+        f"Backends: {', '.join(BACKENDS)} (backend=NAME; bench run backend=NAME --help for its keys).",
         f"Presets: {', '.join(sorted(p.stem for p in PRESET_DIR.glob('*.yaml')))} (preset=NAME).",
         "",
     ]
     width = max(len(key) for key, *_ in leaf_fields(cfg)) + 2
-    lines.append(f"  {'method':<{width}}{method_name:<12}{RunConfig.__dataclass_fields__['method'].metadata['help']}")
+    for section, chosen in zip(PLUGINS, (method_name, backend_name), strict=True):
+        lines.append(f"  {section:<{width}}{chosen:<12}{RunConfig.__dataclass_fields__[section].metadata['help']}")
     for key, owner, f, _ in leaf_fields(cfg):
         default = getattr(owner, f.name)
         shown = "''" if default == "" else str(default)

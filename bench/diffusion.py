@@ -28,6 +28,24 @@ class VPSchedule:
         return log_alpha.exp(), torch.sqrt(-torch.expm1(2 * log_alpha))
 
 
+class DiscreteSchedule:
+    """A pretrained model's own noise levels: its scheduler's alphas_cumprod, indexed by integer timestep.
+
+    Continuous times t in [0, 1] map to timestep round(t (T - 1)), so every x_t is a noise level the reference
+    was trained at, and alpha_t, sigma_t are exactly the ones its eps-prediction assumes.
+    """
+
+    def __init__(self, alphas_cumprod: Tensor, device: torch.device | str = "cpu"):
+        self.alphas_cumprod = alphas_cumprod.to(device, torch.float32)
+
+    def timestep(self, t: Tensor) -> Tensor:
+        return (t * (len(self.alphas_cumprod) - 1)).round().long()
+
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        alpha_bar = self.alphas_cumprod[self.timestep(t).to(self.alphas_cumprod.device)]
+        return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+
 def sample_times(n: int, kind: str, t_min: float, t_max: float, generator: torch.Generator) -> Tensor:
     """Diffusion times for a batch. 'point' puts every sample at t_min: a data-level divergence."""
     if kind == "point":

@@ -10,7 +10,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-PACKAGES = ("torch", "numpy", "onestep-align-bench", "transformers", "diffusers", "huggingface-hub", "pillow")
+PACKAGES = ("torch", "numpy", "onestep-align-bench", "transformers", "diffusers", "huggingface-hub", "pillow",
+            "accelerate", "peft")
 
 
 def file_sha256(path: Path) -> str:
@@ -18,6 +19,14 @@ def file_sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_sha256(folder: Path) -> str:
+    """One hash of every file below `folder`, by relative path: a checkpoint or a pipeline's identity."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(folder)}:{file_sha256(file)}".encode())
     return digest.hexdigest()
 
 

@@ -44,13 +44,13 @@ def stamp(root: Path) -> tuple[float, float]:
 
 
 def protocol_of(config: dict) -> dict:
-    """What must match for two numbers to compare: backend, reward, world and evaluation settings.
+    """What must match for two numbers to compare: the backend and its settings, reward and evaluation settings.
 
     The temperature of p* is not part of it: it matters only for the *_star columns, shown beside them.
     """
     evaluation = config.get("eval", {})
     return {
-        "backend": config["backend"], "reward": config["reward"], "world": config.get("world"),
+        "backend": config["backend"], "reward": config["reward"],
         "eval_samples": evaluation.get("samples"), "eval_seed": evaluation.get("seed"),
     }
 
@@ -61,11 +61,13 @@ def target_of(config: dict) -> float:
 
 
 def protocol_label(protocol: dict) -> str:
-    world = protocol.get("world") or {}
-    parts = [f"{protocol['backend']}", f"reward {protocol['reward']}"]
-    if world:
-        parts.append(f"{world['image_size']}px, {world['prompts']} captions x {world['components']} modes, "
-                     f"s0 {world['s0']}")
+    backend = protocol["backend"]
+    if backend["name"] == "analytic":
+        parts = [f"analytic {backend['image_size']}px, {backend['prompts']} captions x {backend['components']} "
+                 f"modes, s0 {backend['s0']}"]
+    else:
+        parts = [f"{backend['name']} {backend.get('model', '')}".strip()]
+    parts.append(f"reward {protocol['reward']}")
     parts.append(f"eval {protocol['eval_samples']} samples, seed {protocol['eval_seed']}")
     return " | ".join(parts)
 
@@ -126,7 +128,8 @@ def load_evals(root: str, key: tuple) -> pd.DataFrame:
                     *(f"{m['name']} {m['version']}" for m in protocol["metrics"].values())]
         if protocol.get("fid"):
             measured.append(f"FID vs {Path(protocol['fid']['reference']).name}")
-        label = (f"{protocol.get('backend', 'diffusers pipeline')} | prompts {prompt_set['name']} "
+        backend = protocol.get("backend", {}).get("name", "diffusers pipeline")
+        label = (f"{backend} | prompts {prompt_set['name']} "
                  f"v{prompt_set['version']}, {prompt_set['per_prompt']} a prompt, seed {prompt_set['seed']} | "
                  + ", ".join(measured))
         rows.append({"run": row["run_id"], "eval": row["eval_id"], "protocol": json.dumps(shared, sort_keys=True),

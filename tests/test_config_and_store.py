@@ -26,7 +26,7 @@ def test_method_defaults_differ_where_the_mathematics_does():
 
 
 def test_saved_config_rebuilds_the_same_run():
-    cfg = build_config(["method=di_star", "method.c=0.5", "world.image_size=4", "seed=3"])
+    cfg = build_config(["method=di_star", "method.c=0.5", "backend.image_size=4", "seed=3"])
     again = config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again.to_dict() == cfg.to_dict()
 

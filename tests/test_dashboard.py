@@ -28,10 +28,10 @@ def store(tmp_path_factory):
     assert main(["run", "preset=smoke", "method=toy_methods:Explodes", f"results.dir={root}"]) == 1
     kl_run = next(r["id"] for r in Store(root).rows() if r["method"] == "kl_rlhf" and r["study"] is None)
     assert main(["eval", f"run={kl_run}", "n=8", f"results.dir={root}"]) == 0
-    assert main(["sweep", "method=di_pp", "study=tiny", "n_trials=3", "train.steps=30", "world.hidden=64",
+    assert main(["sweep", "method=di_pp", "study=tiny", "n_trials=3", "train.steps=30", "backend.hidden=64",
                  f"results.dir={root}"]) == 0
     assert main(["sweep", "method=kl_rlhf", "space=reward_vs_nll", "study=front", "n_trials=4", "train.steps=30",
-                 "world.hidden=64", f"results.dir={root}"]) == 0
+                 "backend.hidden=64", f"results.dir={root}"]) == 0
     (root / "runs" / "broken-run").mkdir()
     (root / "runs" / "broken-run" / "run.json").write_text("{not json")
     return root

@@ -16,13 +16,14 @@ from bench.provenance import file_sha256
 from bench.rewards import SCORERS
 from bench.store import Store
 from bench.store.files import read_jsonl
+from bench.train.trainer import EMA_FILE
 
 from conftest import ROOT, bench, bench_process, wait_until
 from random_weights import write_inception, write_weights
 from tiny_pipelines import tiny_sd15
 
 PROTOCOL_KEYS = {"prompt_set", "images", "resolution", "resize", "metrics", "scorer_resize", "fid", "generator",
-                 "checkpoint_step", "checkpoint_sha256", "backend", "world", "own_metrics"}
+                 "checkpoint_step", "checkpoint_sha256", "backend", "own_metrics"}
 
 
 @pytest.fixture
@@ -121,10 +122,9 @@ def test_an_unreachable_hub_pipeline_is_one_line(results, capsys, monkeypatch):
 def test_eval_refuses_to_mix_protocols_after_the_checkpoint_changes(results, trained, capsys):
     assert main(["eval", f"run={trained}", "n=2", f"results.dir={results}"]) == 0
     assert main(["eval", f"run={trained}", "n=2", f"results.dir={results}"]) == 0  # same protocol: a no-op
-    checkpoint = results / "runs" / trained / "checkpoints" / "latest.pt"
-    state = torch.load(checkpoint, weights_only=True)
-    state["ema"] = {k: v + 0.01 for k, v in state["ema"].items()}
-    torch.save(state, checkpoint)
+    ema_file = results / "runs" / trained / "checkpoints" / "latest" / EMA_FILE
+    ema = torch.load(ema_file, weights_only=True)
+    torch.save({k: v + 0.01 for k, v in ema.items()}, ema_file)
     capsys.readouterr()
     assert main(["eval", f"run={trained}", "n=2", f"results.dir={results}"]) == 2
     assert "holds an evaluation under another protocol" in capsys.readouterr().err
@@ -134,7 +134,7 @@ def test_eval_at_the_training_seed_reproduces_the_runs_own_final_evaluation(resu
     """One definition of evaluation noise: `bench eval` with the run's eval seed and size sees its images."""
     run = Store(results).get(trained)
     cfg = build_config(["preset=smoke"])
-    per_caption = cfg.eval.samples // cfg.world.prompts
+    per_caption = cfg.eval.samples // cfg.backend.prompts
     assert main(["eval", f"run={trained}", f"n={per_caption}", f"seed={cfg.eval.seed}",
                  f"results.dir={results}"]) == 0
     evaluated = json.loads((eval_dir(results, trained, f"analytic-n{per_caption}-seed{cfg.eval.seed}")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.config import build_config
-from bench.train.trainer import Trainer
+from bench.train.trainer import GENERATOR_PHASE, Trainer
 from methods.di_pp import DIpp
 from methods.di_star import DIStar
 from methods.kl_rlhf import KLRLHF
@@ -81,13 +81,13 @@ def test_generator_equal_to_reference_is_a_fixed_point(method):
 
 def test_ikl_surrogate_gradient_in_x0_is_alpha_w_score_gap_on_a_real_batch():
     """On the analytic backend's own networks: d/dx0 of the DI++ surrogate is alpha_t w(t) (s_psi - s~_ref)(x_t)."""
-    cfg = build_config(["method=di_pp", "method.alpha_cfg=1.7", "world.hidden=32"])
+    cfg = build_config(["method=di_pp", "method.alpha_cfg=1.7", "backend.hidden=32"])
     trainer = Trainer(cfg, run=None, progress=False)  # only its networks and noise are used here
     backend, method = trainer.backend, trainer.method
     torch.nn.init.normal_(backend.fake.residual.net[-1].weight, std=0.1)  # a fake score that differs from the ref
-    z, cond = backend.sample_inputs(16, torch.Generator().manual_seed(0))
-    x0 = backend.generator(z, cond).detach().requires_grad_(True)
-    batch = trainer.generator_batch(x0, cond)
+    d = trainer.draw(GENERATOR_PHASE)
+    x0 = backend.generator(d["z"], d["cond"]).detach().requires_grad_(True)
+    batch = trainer.generator_batch(x0, d["t"], d["eps"], d["cond"])
     (grad,) = torch.autograd.grad(method.regulariser(batch).sum(), x0)
     with torch.no_grad():
         gap = batch.fake_score(batch.x_t) - batch.ref_score(batch.x_t, 1.7)

@@ -6,12 +6,13 @@ import textwrap
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from bench.cli import main
 from bench.config import build_config
 from bench.store import Store
 from bench.store.files import read_jsonl
-from bench.train.trainer import Trainer
+from bench.train.trainer import GENERATOR_FILE, PROGRESS_FILE, Trainer, last_checkpoint
 
 from conftest import bench, bench_process, wait_until
 
@@ -25,8 +26,8 @@ def test_kl_rlhf_converges_to_the_tilted_optimum(tmp_path):
     generator's mean lies within 10% of the tilt's length from the optimum's mean.
     """
     cfg = build_config([
-        "method=kl_rlhf", "method.t_min=0.001", "world.prompts=1", "world.components=1", "world.image_size=2",
-        "train.steps=1500", "train.batch_size=512", "world.hidden=64", "train.eval_every=0", "eval.grid=false",
+        "method=kl_rlhf", "method.t_min=0.001", "backend.prompts=1", "backend.components=1", "backend.image_size=2",
+        "train.steps=1500", "train.batch_size=512", "backend.hidden=64", "train.eval_every=0", "eval.grid=false",
         "eval.samples=256",
     ])
     store = Store(tmp_path)
@@ -34,8 +35,8 @@ def test_kl_rlhf_converges_to_the_tilted_optimum(tmp_path):
     trainer.fit()
     backend = trainer.backend
     z, cond = backend.sample_inputs(20_000, torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        mean = trainer.ema(z, cond).flatten(1).mean(0)
+    with torch.no_grad(), trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
+        mean = generator(z, cond).flatten(1).mean(0)
     optimum, reference = backend.optimum.moments(0)[0], backend.reference.moments(0)[0]
     tilt = (optimum - reference).norm()
     assert tilt > 0.15
@@ -110,6 +111,6 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(result
     assert row["status"] == "failed"
     assert "non-finite loss_gen (nan) at step 26" in row["message"]
     assert "non-finite loss_gen" in capsys.readouterr().err
-    checkpoint = torch.load(Store(results).get(row["id"]).checkpoint_path, weights_only=True)
-    assert checkpoint["step"] == 20
-    assert all(torch.isfinite(p).all() for p in checkpoint["generator"].values())
+    checkpoint = last_checkpoint(Store(results).get(row["id"]))
+    assert torch.load(checkpoint / PROGRESS_FILE, weights_only=True)["step"] == 20
+    assert all(torch.isfinite(p).all() for p in load_file(checkpoint / GENERATOR_FILE).values())

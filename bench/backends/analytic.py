@@ -9,13 +9,16 @@ at zero (a copy of the teacher).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from bench.analytic.mixture import GaussianMixture
 from bench.analytic.pictures import captions, component_means
+from bench.config import param
 from bench.diffusion import VPSchedule, broadcast
 from bench.eval.analytic import optimum_summary, world_metrics
 from bench.rewards.analytic import build_reward
@@ -78,9 +81,24 @@ class FakeScore(nn.Module):
         return eps_ref + self.residual(x_t, cond, t)
 
 
+@dataclass
+class AnalyticConfig:
+    name: ClassVar[str] = "analytic"
+
+    image_size: int = param(8, "side of the analytic world's images (3 x N x N pixels)", ge=2, le=64)
+    prompts: int = param(8, "number of captions in the analytic world", ge=1, le=16)
+    components: int = param(4, "mixture components per caption", ge=1, le=8)
+    s0: float = param(0.1, "standard deviation of every mixture component", gt=0, le=1)
+    t_init: float = param(0.25, "time at which the reference denoiser initialises the one-step generator",
+                          gt=0, lt=1)
+    hidden: int = param(256, "hidden width of the generator and fake-score networks", ge=8)
+
+
 class AnalyticBackend:
+    Config = AnalyticConfig
+
     def __init__(self, cfg, device: torch.device):
-        world = cfg.world
+        world = cfg.backend
         self.device = device
         self.shape = (3, world.image_size, world.image_size)
         self.captions = captions(world.prompts)
@@ -100,11 +118,12 @@ class AnalyticBackend:
         cond = torch.randint(len(self.captions), (n,), generator=generator)
         return torch.randn((n, *self.shape), generator=generator), cond
 
-    def ref_score(self, x: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
-        return self.reference.score(x, alpha, sigma, cond)
+    def encode(self, cond: Tensor) -> Tensor:
+        """Captions are their ids here: the networks embed them themselves."""
+        return cond.to(self.device)
 
-    def fake_eps(self, x_t, t, alpha, sigma, cond) -> Tensor:
-        return self.fake(x_t, t, alpha, sigma, cond)
+    def ref_score(self, x: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
+        return self.reference.score(x, alpha, sigma, cond)
 
     def eval_inputs(self, total: int, seed: int) -> tuple[Tensor, Tensor]:
         """The fixed evaluation set: the same noise and captions at every evaluation of every run.

@@ -3,6 +3,7 @@
     coco:PATH     COCO-2014 captions: the annotation JSON (captions_val2014.json) or one caption per line
     hps_v2:DIR    the HPSv2 benchmark: anime.json, concept-art.json, paintings.json, photo.json (lists of prompts)
     parti:PATH    PartiPrompts TSV (a 'Prompt' column)
+    text:PATH     any text file, one prompt a line
     builtin       64 prompts in the four HPSv2 styles, written for this project (smoke runs)
     analytic      the analytic world's captions
 
@@ -59,8 +60,18 @@ def coco(path: str) -> PromptSet:
         notes = sorted(data["annotations"], key=lambda a: (a["image_id"], a["id"]))
         prompts = tuple(" ".join(a["caption"].split()) for a in notes)
     else:
-        prompts = tuple(line.strip() for line in file.read_text().splitlines() if line.strip())
+        prompts = lines_of(file)
     return PromptSet("coco", prompts)
+
+
+def lines_of(file: Path) -> tuple[str, ...]:
+    return tuple(line.strip() for line in file.read_text().splitlines() if line.strip())
+
+
+def text(path: str) -> PromptSet:
+    """Any text file, one prompt a line: the set is named after the file."""
+    file = _require(Path(path), "prompt file", "text")
+    return PromptSet(file.stem, lines_of(file))
 
 
 def hps_v2(folder: str) -> PromptSet:
@@ -93,7 +104,7 @@ def analytic(count: int = 8) -> PromptSet:
     return PromptSet("analytic", tuple(captions(count)))
 
 
-LOADERS = {"coco": coco, "hps_v2": hps_v2, "parti": parti}
+LOADERS = {"coco": coco, "hps_v2": hps_v2, "parti": parti, "text": text}
 
 
 def load_prompt_set(spec: str) -> PromptSet:

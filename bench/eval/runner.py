@@ -15,7 +15,6 @@ already scored and ends with the numbers an uninterrupted one gives.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from bench.errors import UsageError
 from bench.eval.prompts import PromptSet, load_prompt_set
-from bench.provenance import file_sha256, provenance
+from bench.provenance import folder_sha256, provenance
 from bench.store import Run, Store
 from bench.store.files import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_jsonl
 
@@ -69,21 +68,21 @@ class AnalyticSource:
         if request.n < 2:
             raise UsageError("n must be at least 2 for an analytic-world run (the exact metrics need two samples "
                              "a caption)")
-        if not run.checkpoint_path.exists():
-            raise UsageError(f"run {run.id} has no checkpoint to evaluate (looked for {run.checkpoint_path})")
+        from bench.train.trainer import last_checkpoint, load_ema_generator
+
         self.run, self.cfg = run, config_from_dict(run.config)
         self.backend = build_backend(self.cfg, torch.device("cpu"))
-        self.state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
         self.generator = self.backend.generator
-        self.generator.load_state_dict(self.state["ema"])
+        self.step = load_ema_generator(run, self.generator)
+        self.checkpoint_sha256 = folder_sha256(last_checkpoint(run))
         self.generator.eval()
         self.prompt_set = PromptSet("analytic", tuple(self.backend.captions))
 
     def protocol(self) -> dict:
         return {"resolution": list(self.backend.shape), "resize": "none (images saved x4 nearest for viewing)",
-                "generator": "ema", "checkpoint_step": self.state["step"],
-                "checkpoint_sha256": file_sha256(self.run.checkpoint_path), "backend": self.cfg.backend,
-                "world": self.run.config["world"], "own_metrics": {
+                "generator": "ema", "checkpoint_step": self.step,
+                "checkpoint_sha256": self.checkpoint_sha256, "backend": self.run.config["backend"],
+                "own_metrics": {
                     "reward": f"{self.backend.reward.name} v{self.backend.reward.version}",
                     "world": "analytic exact v1"}}
 
@@ -116,14 +115,8 @@ class PipelineSource:
         self.pipe.set_progress_bar_config(disable=True)  # one bar, ours, counts images
         self.request = request
         self.prompt_set = load_prompt_set(request.prompts)
-        self.sha256 = self.fingerprint()
-
-    def fingerprint(self) -> str:
-        """Hash of the folder's weights and configs (once: gigabytes): a changed pipeline gets its own entry."""
-        digest = hashlib.sha256()
-        for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
-            digest.update(f"{file.relative_to(self.path)}:{file_sha256(file)}".encode())
-        return digest.hexdigest()
+        # Hashed once (gigabytes): a changed pipeline gets its own store entry.
+        self.sha256 = folder_sha256(self.path)
 
     def protocol(self) -> dict:
         r = self.request
@@ -170,7 +163,7 @@ def pipeline_run(store: Store, source: PipelineSource) -> Run:
     run_id = f"pipeline-{source.label}-{source.sha256[:10]}"
     if (store.root / "runs" / run_id).exists():
         return store.get(run_id)
-    config = {"method": {"name": "external"}, "backend": "diffusers", "reward": "", "name": source.label,
+    config = {"method": {"name": "external"}, "backend": {"name": "pipeline"}, "reward": "", "name": source.label,
               "seed": None, "pipeline": {"source": source.source, "path": str(source.path.resolve()),
                                          "class": type(source.pipe).__name__}}
     run = store.create(config, run_id=run_id)

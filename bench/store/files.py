@@ -36,6 +36,18 @@ def atomic_torch_save(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the complete folder `new` at `target`: the old one stays until the new one is in place."""
+    import shutil
+
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Records of a JSON-lines log; a line cut short by a crash is ignored."""
     if not path.exists():

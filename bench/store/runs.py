@@ -3,7 +3,8 @@
     <root>/runs/<id>/config.yaml      resolved configuration
                      run.json         id, status, times, message, study link
                      metrics.jsonl    training and evaluation records, one JSON object a line
-                     checkpoints/latest.pt
+                     checkpoints/latest/  the last complete training state (accelerate's layout)
+                     pipeline/        diffusers backends: the EMA generator as a one-step pipeline
                      samples/step_NNNNNN.png
                      summary.json     final metrics with provenance
                      evals/<eval id>/ protocol.json, scores.jsonl, images/, samples/, summary.json
@@ -58,8 +59,9 @@ class Run:
         return json.loads(path.read_text()) if path.exists() else None
 
     @property
-    def checkpoint_path(self) -> Path:
-        return self.dir / "checkpoints" / "latest.pt"
+    def checkpoint_dir(self) -> Path:
+        """The last complete checkpoint (an `accelerate` state folder, swapped in whole)."""
+        return self.dir / "checkpoints" / "latest"
 
     def records(self, kind: str | None = None) -> list[dict]:
         return [r for r in read_jsonl(self.dir / "metrics.jsonl") if kind is None or r.get("kind") == kind]
@@ -123,7 +125,7 @@ class Store:
         row = {
             **{key: info.get(key) for key in ("id", "created", "updated", "status", "study", "trial", "message")},
             "method": config["method"]["name"],
-            "backend": config["backend"],
+            "backend": config["backend"]["name"],
             "reward": config["reward"],
             "name": config.get("name", ""),
             "seed": config.get("seed"),

@@ -1,24 +1,41 @@
 """The one loop: K fake-score (DSM) updates, then one generator update whose loss the method supplies.
 
 Everything a method should not have to think about lives here: batches and noise, Adam, clipping, EMA,
-the NaN guard, checkpoints and exact resume, periodic evaluation, sample grids and the progress bar.
+mixed precision, the NaN guard, data-parallel training, checkpoints and exact resume, periodic evaluation,
+sample grids and the progress bar.
+
+One command line runs on one CPU, one GPU or under `accelerate launch` on many: `accelerate` wraps the two
+trained networks for data parallelism (DDP, or FSDP from an accelerate config) and saves and loads the training
+state collectively, on every rank. `train.batch_size` is the global batch: every rank draws the whole batch's
+noise and prompts from a stream seeded by (seed, step) and keeps its own slice, so a run is the same run on
+any number of processes, and a checkpoint needs no random state to resume exactly.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import time
+from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from bench.backends import build_backend
 from bench.config import RunConfig
 from bench.diffusion import broadcast, dsm_loss
+from bench.errors import UsageError
 from bench.method import GeneratorBatch
-from bench.provenance import file_sha256, provenance
+from bench.provenance import folder_sha256, provenance
 from bench.store import Run
-from bench.store.files import atomic_torch_save
+from bench.store.files import replace_folder
+
+# Where accelerate's save_state puts what the evaluation of a checkpoint needs (its first model, then the
+# objects registered for checkpointing in order: the EMA, the progress counters).
+GENERATOR_FILE, EMA_FILE, PROGRESS_FILE = "model.safetensors", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"
+FAKE_PHASE, GENERATOR_PHASE = 0, 1
 
 
 class Diverged(Exception):
@@ -28,187 +45,328 @@ class Diverged(Exception):
         super().__init__(f"non-finite {quantity} ({value}) at step {step}; the last good checkpoint is kept")
 
 
+class EMA:
+    """Exponential moving average of a module's trainable parameters (with LoRA: of the adapters only)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.params = {name: p.detach().clone() for name, p in trainable(module)}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for name, p in trainable(module):
+            self.params[name].lerp_(p.detach(), 1 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self, module: torch.nn.Module):
+        """`module` with the averaged weights for the duration of the block."""
+        current = {name: p.detach().clone() for name, p in trainable(module)}
+        self.copy_to(module, self.params)
+        try:
+            yield module
+        finally:
+            self.copy_to(module, current)
+
+    @staticmethod
+    @torch.no_grad()
+    def copy_to(module: torch.nn.Module, params: dict) -> None:
+        for name, p in trainable(module):
+            p.copy_(params[name])
+
+    def state_dict(self) -> dict:
+        return dict(self.params)
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.items():
+            self.params[name].copy_(value)
+
+
+class Progress:
+    """The counters a checkpoint carries besides the networks and optimisers."""
+
+    def __init__(self):
+        self.step, self.wall = 0, 0.0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "wall": self.wall}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.wall = int(state["step"]), float(state["wall"])
+
+
+def trainable(module: torch.nn.Module):
+    return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+
+
+def precision_of(cfg: RunConfig) -> str:
+    if cfg.train.precision == "auto":
+        return "bf16" if cfg.device.startswith("cuda") else "fp32"
+    return cfg.train.precision
+
+
 class Trainer:
-    def __init__(self, cfg: RunConfig, run: Run, progress: bool = True, on_eval=None):
+    def __init__(self, cfg: RunConfig, run: Run | None, progress: bool = True, on_eval=None):
         """`on_eval(step, metrics)` sees every evaluation; a sweep uses it to prune (by raising)."""
         self.cfg, self.run, self.progress, self.on_eval = cfg, run, progress, on_eval
-        self.device = torch.device(cfg.device)
+        if cfg.device.startswith("cuda:"):
+            torch.cuda.set_device(torch.device(cfg.device))
+        self.precision = precision_of(cfg)
+        self.accelerator = accelerator = Accelerator(
+            cpu=cfg.device == "cpu", mixed_precision="bf16" if self.precision == "bf16" else "no")
+        self.device = accelerator.device
+        self.ranks, self.rank = accelerator.num_processes, accelerator.process_index
+        if cfg.train.batch_size % self.ranks:
+            raise UsageError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide evenly "
+                             f"over the {self.ranks} processes; use a multiple of {self.ranks}")
         self.method = cfg.method
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # the same initial networks on every rank
         self.backend = build_backend(cfg, self.device)
         self.schedule = self.backend.schedule
-        self.generator, self.fake = self.backend.generator, self.backend.fake
-        self.ema = copy.deepcopy(self.generator).requires_grad_(False)
+        generator, fake = self.backend.generator, self.backend.fake
+        self.ema = EMA(generator, cfg.train.ema)
         betas = (cfg.train.beta1, cfg.train.beta2)
-        self.opt_gen = torch.optim.Adam(self.generator.parameters(), lr=cfg.train.lr_gen, betas=betas)
-        self.opt_fake = torch.optim.Adam(self.fake.parameters(), lr=cfg.train.lr_fake, betas=betas)
-        # All training randomness comes from this one stream, so a checkpoint of it makes resume exact.
-        self.rng = torch.Generator().manual_seed(cfg.seed)
-        self.step, self.wall = 0, 0.0
+        opt_gen = torch.optim.Adam([p for _, p in trainable(generator)], lr=cfg.train.lr_gen, betas=betas)
+        opt_fake = torch.optim.Adam([p for _, p in trainable(fake)], lr=cfg.train.lr_fake, betas=betas)
+        self.generator, self.fake, self.opt_gen, self.opt_fake = accelerator.prepare(generator, fake, opt_gen,
+                                                                                     opt_fake)
+        self.counters = Progress()
+        accelerator.register_for_checkpointing(self.ema, self.counters)
+
+    @property
+    def step(self) -> int:
+        return self.counters.step
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def attach(self, create_run) -> None:
+        """Give every rank the run that the main process creates with `create_run()`."""
+        run_id = [create_run().id if self.main else None]
+        if self.ranks > 1:
+            broadcast_object_list(run_id)
+        from bench.store import Store
+
+        self.run = Store(self.cfg.results.dir).get(run_id[0])
+
+    def unwrapped(self, module):
+        return self.accelerator.unwrap_model(module)
+
+    # -- batches ------------------------------------------------------------------------------------------
+
+    def draw(self, phase: int) -> dict:
+        """This rank's slice of the step's global batch: generator inputs, diffusion times and noise."""
+        n = self.cfg.train.batch_size
+        rng = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.step) * 2 + phase)
+        z, cond = self.backend.sample_inputs(n, rng)
+        t = self.method.sample_t(n, rng)
+        eps = torch.randn((n, *z.shape[1:]), generator=rng)
+        mine = slice(self.rank * n // self.ranks, (self.rank + 1) * n // self.ranks)
+        return {"z": z[mine].to(self.device), "cond": self.backend.encode(cond[mine]),
+                "t": t[mine].to(self.device), "eps": eps[mine].to(self.device)}
+
+    def noisy(self, x0, t, eps):
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        return alpha, sigma, broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
 
     # -- updates ------------------------------------------------------------------------------------------
 
-    def noisy(self, x0):
-        t = self.method.sample_t(len(x0), self.rng)
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        eps = torch.randn(x0.shape, generator=self.rng)
-        return t, alpha, sigma, eps, broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
-
     def fake_update(self) -> dict:
-        z, cond = self.backend.sample_inputs(self.cfg.train.batch_size, self.rng)
-        with torch.no_grad():
-            x0 = self.generator(z, cond)
-        t, alpha, sigma, eps, x_t = self.noisy(x0)
-        loss = dsm_loss(self.backend.fake_eps(x_t, t, alpha, sigma, cond), eps).mean()
+        d = self.draw(FAKE_PHASE)
+        with self.accelerator.autocast():
+            with torch.no_grad():
+                x0 = self.unwrapped(self.generator)(d["z"], d["cond"]).float()
+            alpha, sigma, x_t = self.noisy(x0, d["t"], d["eps"])
+            loss = dsm_loss(self.fake(x_t, d["t"], alpha, sigma, d["cond"]).float(), d["eps"]).mean()
         return {"loss_fake": loss.detach(), "grad_fake": self.apply(loss, self.fake, self.opt_fake)}
 
-    def generator_batch(self, x0, cond) -> GeneratorBatch:
-        """Noise x0 at the method's times and bind the score networks to those times and prompts."""
-        backend = self.backend
-        t, alpha, sigma, eps, x_t = self.noisy(x0)
+    def generator_batch(self, x0, t, eps, cond) -> GeneratorBatch:
+        """Noise x0 at the method's times and bind the score networks to those times and prompts.
+
+        The networks are called unwrapped: they are frozen here (gradients reach only their input), and a
+        data-parallel wrapper would wait for parameter gradients that never come.
+        """
+        backend, fake = self.backend, self.unwrapped(self.fake)
+        alpha, sigma, x_t = self.noisy(x0, t, eps)
         sigma_b = broadcast(sigma, x0)
         return GeneratorBatch(
             x0=x0, x_t=x_t, eps=eps, alpha=broadcast(alpha, x0), sigma=sigma_b,
             weight=self.method.weight(alpha, sigma),
-            fake_score=lambda x: -backend.fake_eps(x, t, alpha, sigma, cond) / sigma_b,
-            ref_cond=lambda x: backend.ref_score(x, alpha, sigma, cond),
-            ref_uncond=lambda x: backend.ref_score(x, alpha, sigma, None),
+            fake_score=lambda x: -fake(x, t, alpha, sigma, cond).float() / sigma_b,
+            ref_cond=lambda x: backend.ref_score(x, t, alpha, sigma, cond),
+            ref_uncond=lambda x: backend.ref_score(x, t, alpha, sigma, None),
         )
 
     def generator_update(self) -> dict:
-        backend, method = self.backend, self.method
-        z, cond = backend.sample_inputs(self.cfg.train.batch_size, self.rng)
-        x0 = self.generator(z, cond)
-        batch = self.generator_batch(x0, cond)
-        regulariser = method.regulariser(batch)
-        reward = backend.reward(x0, cond)
-        loss = (regulariser - method.alpha_rew * reward).mean()
+        method = self.method
+        d = self.draw(GENERATOR_PHASE)
+        with self.accelerator.autocast():
+            x0 = self.generator(d["z"], d["cond"]).float()
+            batch = self.generator_batch(x0, d["t"], d["eps"], d["cond"])
+            regulariser = method.regulariser(batch)
+            reward = self.backend.reward(x0, d["cond"])
+            loss = (regulariser - method.alpha_rew * reward).mean()
         logs = {"loss_gen": loss.detach(), "reward": reward.mean().detach(), **batch.logs}
         logs["grad_gen"] = self.apply(loss, self.generator, self.opt_gen)
         return logs
 
     def apply(self, loss, module, optimiser):
-        """Backpropagate into `module` only (the other networks stay frozen), clip, step."""
+        """Backpropagate into `module` only (the other networks stay frozen), average over ranks, clip, step."""
         optimiser.zero_grad(set_to_none=True)
-        params = [p for p in module.parameters() if p.requires_grad]
-        loss.backward(inputs=params)
+        params = [p for _, p in trainable(module)]
+        self.accelerator.backward(loss, inputs=params)
         limit = self.cfg.train.grad_clip or float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        norm = self.accelerator.clip_grad_norm_(params, limit)
         if torch.isfinite(norm):
             optimiser.step()
         return norm.detach()
 
-    @torch.no_grad()
-    def update_ema(self):
-        for averaged, current in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
-            averaged.lerp_(current, 1 - self.cfg.train.ema)
-
     # -- state --------------------------------------------------------------------------------------------
 
-    def state(self) -> dict:
-        return {
-            "step": self.step, "wall": self.wall,
-            "generator": self.generator.state_dict(), "fake": self.fake.state_dict(),
-            "ema": self.ema.state_dict(),
-            "opt_gen": self.opt_gen.state_dict(), "opt_fake": self.opt_fake.state_dict(),
-            "rng": self.rng.get_state(),
-        }
-
-    def load(self, state: dict):
-        self.step, self.wall = state["step"], state["wall"]
-        self.generator.load_state_dict(state["generator"])
-        self.fake.load_state_dict(state["fake"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt_gen.load_state_dict(state["opt_gen"])
-        self.opt_fake.load_state_dict(state["opt_fake"])
-        self.rng.set_state(state["rng"])
-
     def save(self):
-        atomic_torch_save(self.run.checkpoint_path, self.state())
+        """Every rank takes part (FSDP gathers shards; a save on one rank only would hang the others)."""
+        folder = self.run.checkpoint_dir
+        partial = folder.with_name(".saving")
+        self.accelerator.save_state(str(partial))
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            replace_folder(partial, folder)
+        self.accelerator.wait_for_everyone()
 
     def restore(self) -> bool:
-        path = self.run.checkpoint_path
-        if not path.exists():
+        folder = last_checkpoint(self.run)
+        if folder is None:
             return False
-        self.load(torch.load(path, map_location=self.device, weights_only=True))
-        self.run.truncate_log(self.step)
-        for grid in (self.run.dir / "samples").glob("step_*.png"):
-            if int(grid.stem.split("_")[1]) > self.step:
-                grid.unlink()
+        self.accelerator.load_state(str(folder))
+        if self.main:
+            self.run.truncate_log(self.step)
+            for grid in (self.run.dir / "samples").glob("step_*.png"):
+                if int(grid.stem.split("_")[1]) > self.step:
+                    grid.unlink()
         return True
+
+    def replica_checksums(self) -> list[float]:
+        """One number a rank from its own generator weights: ranks that disagree have silently diverged."""
+        total = sum(p.detach().double().sum() for _, p in trainable(self.unwrapped(self.generator)))
+        return self.accelerator.gather(total.reshape(1).to(self.device)).tolist()
 
     # -- loop ---------------------------------------------------------------------------------------------
 
     def evaluate(self):
+        """On the main process, with the EMA weights; the other ranks wait at their next collective."""
+        if not self.main:
+            return None
         cfg = self.cfg.eval
-        metrics, per_prompt = self.backend.evaluate(self.ema, cfg.samples, cfg.seed)
+        with self.ema.applied(self.unwrapped(self.generator)) as generator:
+            generator.eval()
+            with self.accelerator.autocast():
+                metrics, per_prompt = self.backend.evaluate(generator, cfg.samples, cfg.seed)
+                if cfg.grid:
+                    self.backend.save_grid(generator, self.run.dir / "samples" / f"step_{self.step:06d}.png")
+            generator.train()
         self.run.log({"kind": "eval", "step": self.step, **metrics, "per_prompt": per_prompt})
-        if cfg.grid:
-            self.backend.save_grid(self.ema, self.run.dir / "samples" / f"step_{self.step:06d}.png")
         if self.on_eval is not None:
             self.on_eval(self.step, metrics)
         return metrics
 
     def fit(self) -> dict:
-        train = self.cfg.train
+        train, counters = self.cfg.train, self.counters
         resumed = self.restore()
         if not resumed:
             self.save()
             self.evaluate()
         bar = tqdm(total=train.steps, initial=self.step, desc=f"{self.method.name} {self.run.id}", unit="step",
-                   disable=not self.progress, dynamic_ncols=True, mininterval=0.5)
+                   disable=not (self.progress and self.main), dynamic_ncols=True, mininterval=0.5)
         window: list[dict] = []
-        started = time.perf_counter() - self.wall
+        started = time.perf_counter() - counters.wall
         while self.step < train.steps:
             logs = {}
             for _ in range(self.method.fake_steps):
                 logs.update(self.fake_update())
             logs.update(self.generator_update())
-            self.step += 1
-            self.guard(logs)
-            self.update_ema()
+            counters.step += 1
+            logs = self.guard(logs)
+            self.ema.update(self.unwrapped(self.generator))
             window.append(logs)
             if self.step % train.log_every == 0 or self.step == train.steps:
-                record = {key: float(torch.stack([w[key] for w in window]).mean()) for key in window[0]}
-                self.run.log({"kind": "train", "step": self.step, **record})
+                record = {key: sum(w[key] for w in window) / len(window) for key in window[0]}
+                if self.main:
+                    self.run.log({"kind": "train", "step": self.step, **record})
                 bar.set_postfix(reward=f"{record['reward']:.3f}", div=f"{record.get('div', float('nan')):.3g}")
                 window = []
             if (train.eval_every and self.step % train.eval_every == 0) or self.step == train.steps:
                 self.evaluate()
             if self.step % train.ckpt_every == 0 or self.step == train.steps:
-                self.wall = time.perf_counter() - started
+                counters.wall = time.perf_counter() - started
                 self.save()
             bar.update(1)
         bar.close()
-        return self.summary()
+        summary = self.summary()
+        if self.main and hasattr(self.backend, "export"):
+            with self.ema.applied(self.unwrapped(self.generator)) as generator:
+                self.backend.export(generator, self.run.dir / "pipeline", {"run": self.run.id, "step": self.step})
+        self.accelerator.wait_for_everyone()
+        return summary
 
-    def guard(self, logs: dict):
-        values = torch.stack([v.float() for v in logs.values()])
-        if not bool(torch.isfinite(values).all()):
-            bad = next(k for k, v in logs.items() if not torch.isfinite(v))
-            raise Diverged(self.step, bad, float(logs[bad]))
+    def guard(self, logs: dict) -> dict:
+        """The step's logs averaged over ranks (one small all-reduce), checked for non-finite values."""
+        values = torch.stack([v.float().reshape(()) for v in logs.values()]).to(self.device)
+        values = self.accelerator.reduce(values, "mean") if self.ranks > 1 else values
+        averaged = dict(zip(logs, values.tolist(), strict=True))
+        bad = [key for key, value in averaged.items() if not torch.isfinite(torch.tensor(value))]
+        if bad:
+            raise Diverged(self.step, bad[0], averaged[bad[0]])
+        return averaged
 
     def summary(self) -> dict:
+        checksums = self.replica_checksums()
+        if len(set(checksums)) > 1:
+            raise RuntimeError(f"the {self.ranks} ranks hold different generator weights ({checksums}); "
+                               "data-parallel training has desynchronised")
+        if not self.main:
+            return {}
         evals = self.run.records("eval")
         config = self.cfg.to_dict()
         return {
             "run": self.run.id,
             "method": self.method.name,
-            "backend": self.cfg.backend,
+            "backend": self.cfg.backend.name,
             "reward": self.cfg.reward,
             "steps": self.step,
-            "wall_s": round(self.wall, 2),
+            "wall_s": round(self.counters.wall, 2),
             "metrics": scalars(evals[-1]),
             "initial": scalars(evals[0]),
             "per_prompt": evals[-1]["per_prompt"],
             "optimum": self.backend.describe_optimum(self.cfg.eval.samples, self.cfg.eval.seed),
             "protocol": {
-                "world": config["world"], "eval_samples": self.cfg.eval.samples, "eval_seed": self.cfg.eval.seed,
-                "generator": "ema" if self.cfg.train.ema else "raw",
+                "backend": config["backend"], "eval_samples": self.cfg.eval.samples,
+                "eval_seed": self.cfg.eval.seed, "generator": "ema" if self.cfg.train.ema else "raw",
             },
-            "checkpoint_sha256": file_sha256(self.run.checkpoint_path),
+            "distributed": {"processes": self.ranks, "batch_per_process": self.cfg.train.batch_size // self.ranks,
+                            "effective_batch": self.cfg.train.batch_size, "precision": self.precision,
+                            "replica_checksums": checksums},
+            "checkpoint_sha256": folder_sha256(self.run.checkpoint_dir),
             "provenance": provenance(config, str(self.device)),
         }
+
+
+def last_checkpoint(run: Run) -> Path | None:
+    """The newest complete checkpoint; the previous one if a crash came in the middle of swapping them."""
+    folder = run.checkpoint_dir
+    for candidate in (folder, folder.with_name(f".{folder.name}.old")):
+        if (candidate / PROGRESS_FILE).exists():
+            return candidate
+    return None
+
+
+def load_ema_generator(run: Run, generator: torch.nn.Module) -> int:
+    """Load a run's checkpointed generator with its EMA weights into `generator`; returns the step."""
+    folder = last_checkpoint(run)
+    if folder is None:
+        raise UsageError(f"run {run.id} has no checkpoint to evaluate (looked in {run.checkpoint_dir})")
+    generator.load_state_dict(load_file(folder / GENERATOR_FILE))
+    EMA.copy_to(generator, torch.load(folder / EMA_FILE, map_location="cpu", weights_only=True))
+    return int(torch.load(folder / PROGRESS_FILE, weights_only=True)["step"])
 
 
 def scalars(record: dict) -> dict:

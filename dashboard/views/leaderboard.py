@@ -43,8 +43,9 @@ def formatted(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 def show(root, runs: pd.DataFrame) -> None:
     st.title("Leaderboard")
-    st.caption("Rows are ranked together only when their evaluation protocol matches (backend, reward, world and "
-               "evaluation settings): each protocol has its own table. ± is the standard deviation over seeds. "
+    st.caption("Rows are ranked together only when their evaluation protocol matches (the backend and its "
+               "settings, reward and evaluation settings): each protocol has its own table. ± is the standard "
+               "deviation over seeds. "
                "The `*_star` columns measure distance to the optimum `p*` at `alpha_rew = p*_at`: compare them "
                "between equal `p*_at`.")
     finished = runs[(runs["status"] == "finished") & runs["study"].isna()]

@@ -1,0 +1,319 @@
+"""Backends on real pretrained text-to-image diffusion pipelines: SD1.5 and PixArt-alpha, by hub id or folder.
+
+Every network starts from the reference denoiser (epsilon prediction), as DMD2 and SiD start from their teacher:
+
+    reference  frozen; the prompt's and the empty prompt's embeddings give classifier-free guidance
+    generator  the reference as a one-step model: x0 = (z - sigma_init eps(z; t_init, c)) / alpha_init, the
+               denoiser's guess from pure noise read at timestep t_init
+    fake       a copy of the reference, trained by denoising score matching on the generator's samples
+
+Each trained copy is fully fine-tuned, or is a frozen copy carrying a LoRA adapter (peft) that starts at zero.
+The method's times t in (0, 1) map to the reference's own discrete timesteps, so x_t is always a noisy latent
+the reference was trained on. Rewards see VAE-decoded pixels, with the gradient through decoder and reward.
+
+A family (SD15Backend, PixArtAlphaBackend) only says how its denoiser is called and how its prompts are encoded.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from bench.backends.diffusers_io import load_pipeline, pipeline_folder
+from bench.config import param
+from bench.diffusion import DiscreteSchedule
+from bench.errors import UsageError
+from bench.eval.prompts import load_prompt_set
+
+# Attention projections: where LoRA adapts a UNet or a DiT (the convention of diffusers' training scripts).
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+EVAL_BATCH = 16
+
+
+class TextCondition(NamedTuple):
+    """Prompts as the denoisers see them (tensors only, so data-parallel wrappers can move them)."""
+
+    ids: Tensor  # rows of the backend's prompt list: the reward reads the texts by them
+    embeds: Tensor
+    mask: Tensor  # the text encoder's attention mask (all ones where the family does not use one)
+
+
+@dataclass
+class PretrainedConfig:
+    name: ClassVar[str]
+
+    model: str = param("", "reference pipeline: a hub id or a local folder written by save_pretrained")
+    t_init: int = param(399, "timestep at which the reference's one-step denoiser initialises the generator",
+                        ge=1, le=999)
+    resolution: int = param(0, "image side in pixels for training and evaluation (0: the model's own)", ge=0)
+    lora_gen: int = param(0, "LoRA rank of the generator (0: full fine-tuning)", ge=0)
+    lora_fake: int = param(0, "LoRA rank of the fake-score network (0: full fine-tuning)", ge=0)
+    grad_ckpt: bool = param(False, "gradient checkpointing in every denoiser (less memory, about 30% slower)")
+    prompts: str = param("builtin", "training prompts: builtin, coco:PATH, hps_v2:DIR, parti:PATH or text:PATH")
+    eval_prompts: int = param(8, "prompts of the training set that the in-training evaluation uses", ge=1)
+
+
+class EpsNetwork(nn.Module):
+    """eps(x_t; t, c) of one denoiser copy, called the way its family calls it."""
+
+    def __init__(self, net: nn.Module, backend: PretrainedBackend):
+        super().__init__()
+        self.net = net
+        self.call, self.schedule = backend.call_denoiser, backend.schedule
+
+    def forward(self, x_t: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor, cond: TextCondition) -> Tensor:
+        return self.call(self.net, x_t, self.schedule.timestep(t), cond)
+
+
+class OneStepGenerator(nn.Module):
+    """x0 = (z - sigma_init eps(z; t_init, c)) / alpha_init: what the exported pipeline's one DDIM step computes."""
+
+    def __init__(self, net: nn.Module, backend: PretrainedBackend, t_init: int):
+        super().__init__()
+        self.net, self.call, self.t_init = net, backend.call_denoiser, t_init
+        alpha_bar = backend.schedule.alphas_cumprod[t_init]
+        self.alpha, self.sigma = float(alpha_bar.sqrt()), float((1 - alpha_bar).sqrt())
+
+    def forward(self, z: Tensor, cond: TextCondition) -> Tensor:
+        timestep = torch.full((len(z),), self.t_init, device=z.device, dtype=torch.long)
+        return (z - self.sigma * self.call(self.net, z, timestep, cond).float()) / self.alpha
+
+
+def trainable_copy(net: nn.Module, lora_rank: int) -> nn.Module:
+    """A copy to train: all of it, or a frozen copy with a zero-initialised LoRA adapter."""
+    net = copy.deepcopy(net)
+    if not lora_rank:
+        return net.requires_grad_(True).train()
+    from peft import LoraConfig, inject_adapter_in_model
+
+    net.requires_grad_(False)
+    config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+    return inject_adapter_in_model(config, net).train()
+
+
+def merged(net: nn.Module, clean: nn.Module) -> nn.Module:
+    """`clean` (an adapter-free copy of the architecture) with `net`'s weights, LoRA folded in."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    net, clean = copy.deepcopy(net), copy.deepcopy(clean)
+    layers = [m for m in net.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.merge()
+    state = {key.replace(".base_layer.", "."): value for key, value in net.state_dict().items() if "lora_" not in key}
+    clean.load_state_dict(state)
+    return clean
+
+
+class PretrainedBackend:
+    Config: ClassVar[type]
+    denoiser: ClassVar[str]  # the pipeline component that is the denoiser: "unet" or "transformer"
+
+    def __init__(self, cfg, device: torch.device):
+        settings = cfg.backend
+        self.settings, self.device = settings, device
+        folder = pipeline_folder(settings.model)
+        self.pipe = pipe = load_pipeline(folder)
+        pipe.set_progress_bar_config(disable=True)
+        if not hasattr(pipe, self.denoiser):
+            raise UsageError(f"{settings.model} is a {type(pipe).__name__}, which has no {self.denoiser}; "
+                             f"backend={settings.name} needs a {self.pipeline_name} pipeline")
+        prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise UsageError(f"{settings.model} predicts {prediction}; backend={settings.name} needs an "
+                             "epsilon-prediction model")
+        self.schedule = DiscreteSchedule(pipe.scheduler.alphas_cumprod, device)
+        self.reference_net = getattr(pipe, self.denoiser)
+        for frozen in (self.reference_net, pipe.vae, pipe.text_encoder):
+            frozen.requires_grad_(False).eval().to(device)
+        if settings.grad_ckpt:
+            self.reference_net.enable_gradient_checkpointing()  # gradients reach x_t through it (DI*)
+        self.generator = OneStepGenerator(trainable_copy(self.reference_net, settings.lora_gen), self, settings.t_init)
+        self.fake = EpsNetwork(trainable_copy(self.reference_net, settings.lora_fake), self)
+        self.reference = EpsNetwork(self.reference_net, self)
+        self.prompt_set = load_prompt_set(settings.prompts)
+        self.captions = list(self.prompt_set.prompts)
+        factor = pipe.vae_scale_factor
+        side = settings.resolution or self.reference_net.config.sample_size * factor
+        if side % factor:
+            raise UsageError(f"backend.resolution={side} must be a multiple of the VAE's downsampling factor {factor}")
+        self.resolution = side
+        self.shape = (pipe.vae.config.latent_channels, side // factor, side // factor)
+        self.reward_model = image_reward(cfg.reward, cfg.weights or None, settings.name).to(device)
+        self.empty = self.encode(torch.zeros(1, dtype=torch.long), texts=[""])
+
+    # -- family hooks -------------------------------------------------------------------------------------
+
+    pipeline_name: ClassVar[str]
+
+    def call_denoiser(self, net, x: Tensor, timestep: Tensor, cond: TextCondition) -> Tensor:
+        raise NotImplementedError
+
+    def embed(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    # -- the backend seam ---------------------------------------------------------------------------------
+
+    def sample_inputs(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Generator noise (latents) and prompt rows for a batch."""
+        ids = torch.randint(len(self.captions), (n,), generator=generator)
+        return torch.randn((n, *self.shape), generator=generator), ids
+
+    @torch.no_grad()
+    def encode(self, ids: Tensor, texts: list[str] | None = None) -> TextCondition:
+        texts = texts if texts is not None else [self.captions[int(i)] for i in ids]
+        embeds, mask = self.embed(texts)
+        return TextCondition(ids.to(self.device), embeds, mask)
+
+    def ref_score(self, x: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor, cond: TextCondition | None) -> Tensor:
+        if cond is None:
+            cond = TextCondition(torch.zeros(len(x), dtype=torch.long, device=x.device),
+                                 self.empty.embeds.expand(len(x), -1, -1), self.empty.mask.expand(len(x), -1))
+        eps = self.reference(x, t, alpha, sigma, cond).float()
+        return -eps / sigma.reshape(-1, 1, 1, 1)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> pixels in [0, 1], differentiably."""
+        vae = self.pipe.vae
+        images = vae.decode(latents / vae.config.scaling_factor).sample.float()
+        return ((images + 1) / 2).clamp(0, 1)
+
+    def reward(self, x0: Tensor, cond: TextCondition) -> Tensor:
+        return self.reward_model(self.decode(x0), [self.captions[int(i)] for i in cond.ids])
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+
+    def eval_prompts(self) -> list[int]:
+        return list(range(min(self.settings.eval_prompts, len(self.captions))))
+
+    def image_noise(self, index: int, seed: int) -> Tensor:
+        """The noise of image `index` of an evaluation: fixed by (seed, index) alone, whatever the batching."""
+        return torch.randn(self.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + index))
+
+    @torch.no_grad()
+    def images(self, generator: nn.Module, ids: list[int], seed: int) -> tuple[Tensor, Tensor]:
+        """Pixels of image i = 0.. for prompt rows `ids`, and their rewards, in batches that bound memory."""
+        pixels, rewards = [], []
+        for start in range(0, len(ids), EVAL_BATCH):
+            rows = torch.tensor(ids[start:start + EVAL_BATCH])
+            z = torch.stack([self.image_noise(start + k, seed) for k in range(len(rows))]).to(self.device)
+            cond = self.encode(rows)
+            batch = self.decode(generator(z, cond))
+            pixels.append(batch.cpu())
+            rewards.append(self.reward_model(batch, [self.captions[int(i)] for i in rows]).float().cpu())
+        return torch.cat(pixels), torch.cat(rewards)
+
+    def evaluate(self, generator: nn.Module, total: int, seed: int) -> tuple[dict[str, float], list[dict]]:
+        prompts = self.eval_prompts()
+        per_prompt = max(1, total // len(prompts))
+        _, rewards = self.images(generator, [p for p in prompts for _ in range(per_prompt)], seed)
+        rows = [{"caption": self.captions[p], "reward": float(r.mean())}
+                for p, r in zip(prompts, rewards.reshape(len(prompts), per_prompt), strict=True)]
+        return {"reward": float(rewards.mean())}, rows
+
+    def describe_optimum(self, total: int, seed: int) -> None:
+        return None  # no closed form for a real model
+
+    def save_grid(self, generator: nn.Module, path: Path, per_prompt: int = 4) -> None:
+        """Rows are evaluation prompts, columns samples from the fixed evaluation noise."""
+        from PIL import Image
+
+        prompts = self.eval_prompts()
+        pixels, _ = self.images(generator, [p for p in prompts for _ in range(per_prompt)], seed=0)
+        side = self.resolution
+        grid = pixels.reshape(len(prompts), per_prompt, 3, side, side).permute(0, 3, 1, 4, 2)
+        grid = (grid.reshape(len(prompts) * side, per_prompt * side, 3) * 255).round().to(torch.uint8)
+        Image.fromarray(grid.numpy()).save(path)
+
+    # -- export -------------------------------------------------------------------------------------------
+
+    def export(self, generator: OneStepGenerator, folder: Path, info: dict) -> Path:
+        """The generator as a standard diffusers pipeline that samples in one step.
+
+        The scheduler is DDIM with steps_offset = t_init, "leading" spacing and alpha_0 = 1: asked for one
+        inference step it runs exactly timestep t_init and returns that step's x0 prediction, which is the
+        generator's output. Sample with `pipe(prompt, num_inference_steps=1, guidance_scale=1.0)`.
+        """
+        from diffusers import DDIMScheduler
+
+        from bench.store.files import atomic_write_json, replace_folder
+
+        scheduler = DDIMScheduler.from_config(
+            self.pipe.scheduler.config, steps_offset=generator.t_init, timestep_spacing="leading",
+            set_alpha_to_one=True, clip_sample=False, thresholding=False, prediction_type="epsilon")
+        net = merged(generator.net, self.reference_net).to(torch.float32)
+        pipe = type(self.pipe)(**{**self.pipe.components, self.denoiser: net, "scheduler": scheduler})
+        partial = folder.with_name(f".{folder.name}.saving")
+        pipe.save_pretrained(partial, safe_serialization=True)
+        atomic_write_json(partial / "one_step.json", {
+            **info, "num_inference_steps": 1, "timestep": generator.t_init, "guidance_scale": 1.0,
+            "scheduler": "DDIMScheduler(steps_offset=t_init, timestep_spacing=leading, set_alpha_to_one=True)",
+            "reference": self.settings.model, "resolution": self.resolution})
+        replace_folder(partial, folder)
+        return folder
+
+
+def image_reward(spec: str, weights: str | None, backend: str) -> nn.Module:
+    """The configured reward as a module of (images in [0, 1], prompts); frozen."""
+    from bench.rewards import SCORERS, load_scorer, parse_reward
+    from bench.rewards.analytic import ANALYTIC_REWARDS
+    from bench.rewards.scorer import WeightedReward
+
+    terms = parse_reward(spec, (*ANALYTIC_REWARDS, *SCORERS))
+    if any(name in ANALYTIC_REWARDS for name in terms):
+        raise UsageError(f"reward={spec} is defined on the analytic world's pictures; backend={backend} scores real "
+                         f"images with image scorers ({', '.join(SCORERS)}): use e.g. reward=hpsv2")
+    parts = {name: (weight, load_scorer(name, weights)) for name, weight in terms.items()}
+    return WeightedReward(spec, parts).requires_grad_(False).eval()
+
+
+@dataclass
+class SD15Config(PretrainedConfig):
+    model: str = param("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                       "reference pipeline: a hub id or a local folder written by save_pretrained")
+
+
+class SD15Backend(PretrainedBackend):
+    """Stable Diffusion 1.5: UNet2DConditionModel on CLIP ViT-L text states, 4-channel latents of AutoencoderKL."""
+
+    Config = SD15Config
+    denoiser, pipeline_name = "unet", "StableDiffusionPipeline"
+
+    def call_denoiser(self, net, x, timestep, cond):
+        return net(x, timestep, encoder_hidden_states=cond.embeds).sample
+
+    def embed(self, texts):
+        embeds, _ = self.pipe.encode_prompt(texts, self.device, 1, False)
+        return embeds, torch.ones(embeds.shape[:2], device=self.device)
+
+
+@dataclass
+class PixArtAlphaConfig(PretrainedConfig):
+    model: str = param("PixArt-alpha/PixArt-XL-2-512x512",
+                       "reference pipeline: a hub id or a local folder written by save_pretrained")
+
+
+class PixArtAlphaBackend(PretrainedBackend):
+    """PixArt-alpha: a DiT (PixArtTransformer2DModel) on T5 text states with their mask; learned-variance output."""
+
+    Config = PixArtAlphaConfig
+    denoiser, pipeline_name = "transformer", "PixArtAlphaPipeline"
+
+    def call_denoiser(self, net, x, timestep, cond):
+        extra = {"resolution": None, "aspect_ratio": None}
+        if net.use_additional_conditions:  # the 1024 px model is told the image's size and aspect ratio
+            side = float(x.shape[-1] * self.pipe.vae_scale_factor)
+            extra = {"resolution": x.new_tensor([[side, side]]).expand(len(x), 2),
+                     "aspect_ratio": x.new_tensor([[1.0]]).expand(len(x), 1)}
+        out = net(x, encoder_hidden_states=cond.embeds, encoder_attention_mask=cond.mask, timestep=timestep,
+                  added_cond_kwargs=extra).sample
+        # The second half of the channels is the learned variance, which sampling (and this suite) ignores.
+        return out[:, : x.shape[1]]
+
+    def embed(self, texts):
+        embeds, mask, _, _ = self.pipe.encode_prompt(texts, do_classifier_free_guidance=False, device=self.device)
+        return embeds, mask
