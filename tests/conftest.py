@@ -59,3 +59,23 @@ def wait_until(condition, *, proc=None, timeout=120.0, interval=0.02):
 @pytest.fixture
 def results(tmp_path):
     return tmp_path / "results"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict:
+    """Tiny random sd15 and PixArt-alpha pipelines and tiny scorer weights, saved to disk once per worker."""
+    from random_weights import write_weights
+    from tiny_pipelines import tiny_pixart, tiny_sd15
+
+    root = tmp_path_factory.mktemp("models")
+    weights = root / "weights"
+    write_weights(weights)
+    return {"sd15": tiny_sd15(root), "pixart_alpha": tiny_pixart(root), "weights": weights}
+
+
+def backend_args(tiny_models: dict, backend: str) -> list[str]:
+    """Overrides that point a backend at the tiny models (none for the analytic world)."""
+    if backend == "analytic":
+        return ["backend.hidden=32"]
+    return [f"backend={backend}", f"backend.model={tiny_models[backend]}", "reward=hpsv2",
+            f"weights={tiny_models['weights']}", "train.batch_size=2", "eval.samples=16", "backend.eval_prompts=2"]

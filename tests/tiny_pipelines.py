@@ -35,3 +35,43 @@ def tiny_sd15(folder: Path, seed: int = 0) -> Path:
     pipe.save_pretrained(folder / "sd15")
     assert json.loads((folder / "sd15" / "model_index.json").read_text())["unet"][1] == "UNet2DConditionModel"
     return folder / "sd15"
+
+
+def t5_tokenizer(folder: Path):
+    """A T5TokenizerFast on a Unigram model over letters: T5's pieces, padding and </s>, a vocabulary of 32."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(letter, -3.0) for letter in "abcdefghijklmnopqrstuvwxyz,."]
+    model = Tokenizer(models.Unigram(pieces, unk_id=2))
+    model.pre_tokenizer = pre_tokenizers.Metaspace()
+    model.decoder = decoders.Metaspace()
+    model.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = T5TokenizerFast(tokenizer_object=model, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                extra_ids=0, model_max_length=120)
+    tokenizer.save_pretrained(folder)
+    return T5TokenizerFast.from_pretrained(folder)
+
+
+def tiny_pixart(folder: Path, seed: int = 0) -> Path:
+    """PixArtAlphaPipeline: PixArtTransformer2DModel (learned variance) + T5 encoder + AutoencoderKL."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(sample_size=8, num_layers=2, patch_size=2, attention_head_dim=4,
+                                           num_attention_heads=2, caption_channels=32, in_channels=4,
+                                           out_channels=8, cross_attention_dim=8, norm_elementwise_affine=False,
+                                           norm_eps=1e-6, norm_type="ada_norm_single")
+    vae = AutoencoderKL(block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=2, sample_size=32)
+    text = T5EncoderModel(T5Config(vocab_size=32, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   pad_token_id=0, eos_token_id=1))
+    tokenizer = t5_tokenizer(folder / "t5tok")
+    scheduler = DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text, vae=vae, transformer=transformer,
+                               scheduler=scheduler)
+    pipe.save_pretrained(folder / "pixart")
+    return folder / "pixart"

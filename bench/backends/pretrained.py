@@ -234,24 +234,29 @@ class PretrainedBackend:
     def export(self, generator: OneStepGenerator, folder: Path, info: dict) -> Path:
         """The generator as a standard diffusers pipeline that samples in one step.
 
-        The scheduler is DDIM with steps_offset = t_init, "leading" spacing and alpha_0 = 1: asked for one
-        inference step it runs exactly timestep t_init and returns that step's x0 prediction, which is the
-        generator's output. Sample with `pipe(prompt, num_inference_steps=1, guidance_scale=1.0)`.
+        Its scheduler is DDIM on the reference's own noise schedule cut at t_init (num_train_timesteps =
+        t_init + 1, the same betas), "trailing" spacing and alpha_0 = 1: one inference step runs exactly
+        timestep t_init on unit noise and returns that step's x0 prediction, which is the generator's output.
+        (A steps_offset of t_init would say the same, but StableDiffusionPipeline resets steps_offset to 1.)
+        Sample with `pipe(prompt, num_inference_steps=1, guidance_scale=1.0)`: the guidance is already inside.
         """
         from diffusers import DDIMScheduler
 
         from bench.store.files import atomic_write_json, replace_folder
 
+        t_init = generator.t_init
+        betas = self.pipe.scheduler.betas[: t_init + 1]
         scheduler = DDIMScheduler.from_config(
-            self.pipe.scheduler.config, steps_offset=generator.t_init, timestep_spacing="leading",
-            set_alpha_to_one=True, clip_sample=False, thresholding=False, prediction_type="epsilon")
+            self.pipe.scheduler.config, num_train_timesteps=t_init + 1, trained_betas=betas.tolist(),
+            timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=1, clip_sample=False,
+            thresholding=False, prediction_type="epsilon")
         net = merged(generator.net, self.reference_net).to(torch.float32)
         pipe = type(self.pipe)(**{**self.pipe.components, self.denoiser: net, "scheduler": scheduler})
         partial = folder.with_name(f".{folder.name}.saving")
         pipe.save_pretrained(partial, safe_serialization=True)
         atomic_write_json(partial / "one_step.json", {
-            **info, "num_inference_steps": 1, "timestep": generator.t_init, "guidance_scale": 1.0,
-            "scheduler": "DDIMScheduler(steps_offset=t_init, timestep_spacing=leading, set_alpha_to_one=True)",
+            **info, "num_inference_steps": 1, "timestep": t_init, "guidance_scale": 1.0,
+            "scheduler": f"DDIMScheduler on the reference's betas cut at t_init={t_init}, trailing spacing",
             "reference": self.settings.model, "resolution": self.resolution})
         replace_folder(partial, folder)
         return folder

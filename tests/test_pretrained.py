@@ -1,0 +1,177 @@
+"""The diffusers backends on tiny random SD1.5 and PixArt-alpha pipelines: training, resume, data parallelism,
+export, and the messages a user sees when a model is missing."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from bench.cli import main
+from bench.config import build_config
+from bench.store import Store
+from bench.train.trainer import Trainer
+
+from conftest import ROOT, backend_args, bench_env
+
+BACKENDS = ["sd15", "pixart_alpha"]
+
+
+def snapshot(module) -> dict:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def changed(before: dict, module) -> list[str]:
+    return [name for name, value in module.state_dict().items() if not torch.equal(before[name], value)]
+
+
+def trainer_for(tiny_models, backend, *extra, run=None) -> Trainer:
+    return Trainer(build_config([*backend_args(tiny_models, backend), *extra]), run, progress=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", ["di_star", "di_pp", "kl_rlhf"])
+def test_one_iteration_trains_generator_and_fake_score_and_nothing_else(tiny_models, backend, method):
+    trainer = trainer_for(tiny_models, backend, f"method={method}", "method.alpha_cfg=1.5")
+    b = trainer.backend
+    frozen = {"reference": b.reference_net, "vae": b.pipe.vae, "text encoder": b.pipe.text_encoder,
+              "reward": b.reward_model}
+    before = {name: snapshot(m) for name, m in {**frozen, "generator": trainer.generator, "fake": trainer.fake}.items()}
+
+    logs = {**trainer.fake_update(), **trainer.generator_update()}
+
+    assert all(torch.isfinite(v) for v in logs.values()), logs
+    assert changed(before["generator"], trainer.generator) and changed(before["fake"], trainer.fake)
+    for name, module in frozen.items():
+        assert not changed(before[name], module), f"{name} changed"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_reward_gradient_reaches_the_latents_through_the_vae_decoder(tiny_models, backend):
+    trainer = trainer_for(tiny_models, backend)
+    d = trainer.draw(0)
+    x0 = trainer.generator(d["z"], d["cond"]).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(trainer.backend.reward(x0, d["cond"]).sum(), x0)
+    assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lora_trains_only_the_adapters(tiny_models, backend):
+    trainer = trainer_for(tiny_models, backend, "backend.lora_gen=2", "backend.lora_fake=2")
+    before = {"generator": snapshot(trainer.generator), "fake": snapshot(trainer.fake)}
+    trainer.fake_update()
+    trainer.generator_update()
+    for name in before:
+        moved = changed(before[name], getattr(trainer, name))
+        assert moved and all("lora_" in key for key in moved), moved
+
+
+def test_resume_gives_the_state_of_an_uninterrupted_run(tiny_models, tmp_path):
+    args = [*backend_args(tiny_models, "sd15"), "train.steps=4", "train.ckpt_every=2", "train.eval_every=3",
+            "eval.grid=false"]
+
+    def run_in(folder, on_eval=None):
+        cfg = build_config([*args, f"results.dir={folder}"])
+        trainer = Trainer(cfg, None, progress=False, on_eval=on_eval)
+        trainer.attach(lambda: Store(folder).create(cfg.to_dict()))
+        return trainer
+
+    whole = run_in(tmp_path / "whole")
+    whole.fit()
+
+    def crash_at_step_3(step, metrics):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    broken = run_in(tmp_path / "broken", on_eval=crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        broken.fit()
+    assert broken.step == 3  # one step past the checkpoint at 2, which the resumed run must redo
+    run = broken.run
+    resumed = Trainer(broken.cfg, run, progress=False)
+    resumed.fit()
+    assert resumed.step == 4
+    for name in ("generator", "fake"):
+        a, b = getattr(whole, name).state_dict(), getattr(resumed, name).state_dict()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    for key, value in whole.ema.params.items():
+        torch.testing.assert_close(value, resumed.ema.params[key], rtol=1e-5, atol=1e-6)
+    logged = [r["step"] for r in run.records("train")]
+    assert logged == sorted(set(logged)), "the resumed run wrote the steps after the checkpoint twice"
+
+
+def without(args: list[str], key: str) -> list[str]:
+    return [a for a in args if a.partition("=")[0] != key]
+
+
+def launch(tiny_models, results, processes: int):
+    """`bench run` on the tiny SD1.5, under `accelerate launch` with `processes` CPU processes (gloo)."""
+    launcher = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--cpu"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + processes),
+               "-m", "bench", "run", *without(backend_args(tiny_models, "sd15"), "train.batch_size"),
+               "train.batch_size=4", "train.steps=3",
+               "eval.grid=false"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=bench_env(results), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = Store(results).rows()
+    return json.loads(row["summary"]), Store(results).get(row["id"])
+
+
+def test_two_process_accelerate_launch_keeps_replicas_identical_and_the_global_batch(tiny_models, tmp_path):
+    two, run_two = launch(tiny_models, tmp_path / "two", 2)
+    one, run_one = launch(tiny_models, tmp_path / "one", 1)
+    assert two["distributed"]["processes"] == 2 and one["distributed"]["processes"] == 1
+    assert two["distributed"]["batch_per_process"] == 2 and two["distributed"]["effective_batch"] == 4
+    first, second = two["distributed"]["replica_checksums"]
+    assert first == second
+    # The global batch is the same samples however it is split: two processes train what one does.
+    from safetensors.torch import load_file
+
+    a = load_file(run_two.checkpoint_dir / "model.safetensors")
+    b = load_file(run_one.checkpoint_dir / "model.safetensors")
+    start = load_file(tiny_models["sd15"] / "unet" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(a[key], start[key.removeprefix("net.")]) for key in a)  # and it did train
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("lora", [0, 2])
+def test_export_reloads_with_from_pretrained_and_samples_the_generator_in_one_step(tiny_models, backend, lora,
+                                                                                   tmp_path):
+    trainer = trainer_for(tiny_models, backend, f"backend.lora_gen={lora}")
+    trainer.generator_update()  # weights (and LoRA factors) away from their initial values
+    b = trainer.backend
+    folder = b.export(trainer.generator, tmp_path / "exported", {"run": "test"})
+
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    z = torch.randn(2, *b.shape, generator=torch.Generator().manual_seed(0))
+    prompts = [b.captions[0], b.captions[1]]
+    family = {"use_resolution_binning": False, "clean_caption": False} if backend == "pixart_alpha" else {}
+    with torch.no_grad():
+        expected = trainer.generator(z, b.encode(torch.tensor([0, 1])))
+        images = pipe(prompts, latents=z.clone(), num_inference_steps=1, guidance_scale=1.0, output_type="pt",
+                      **family).images
+    assert json.loads((folder / "one_step.json").read_text())["timestep"] == b.settings.t_init
+    torch.testing.assert_close(images, b.decode(expected), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["backend.model=/nowhere/sd15"], "/nowhere/sd15 is not a diffusers pipeline folder (no model_index.json"),
+    (["backend.model=someone/no-such-model"], "pipeline someone/no-such-model is not in the Hugging Face cache"),
+    (["reward=linear"], "reward=linear is defined on the analytic world's pictures; backend=sd15 scores real"),
+])
+def test_missing_models_and_wrong_rewards_give_one_clear_line(tiny_models, results, args, message, capsys):
+    base = backend_args(tiny_models, "sd15")
+    for arg in args:
+        base = without(base, arg.partition("=")[0])
+    assert main(["run", *base, *args, f"results.dir={results}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert Store(results).rows() == []  # nothing half-made is left in the store
