@@ -110,9 +110,10 @@ class Trainer:
         self.cfg, self.run, self.progress, self.on_eval = cfg, run, progress, on_eval
         if cfg.device.startswith("cuda:"):
             torch.cuda.set_device(torch.device(cfg.device))
+        # Autocast is ours, not accelerate's: its precision is fixed once per process, and a sweep or a
+        # benchmark trains several configurations in one.
         self.precision = precision_of(cfg)
-        self.accelerator = accelerator = Accelerator(
-            cpu=cfg.device == "cpu", mixed_precision="bf16" if self.precision == "bf16" else "no")
+        self.accelerator = accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision="no")
         self.device = accelerator.device
         self.ranks, self.rank = accelerator.num_processes, accelerator.process_index
         if cfg.train.batch_size % self.ranks:
@@ -149,6 +150,9 @@ class Trainer:
 
         self.run = Store(self.cfg.results.dir).get(run_id[0])
 
+    def autocast(self):
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
+
     def unwrapped(self, module):
         return self.accelerator.unwrap_model(module)
 
@@ -173,7 +177,7 @@ class Trainer:
 
     def fake_update(self) -> dict:
         d = self.draw(FAKE_PHASE)
-        with self.accelerator.autocast():
+        with self.autocast():
             with torch.no_grad():
                 x0 = self.unwrapped(self.generator)(d["z"], d["cond"]).float()
             alpha, sigma, x_t = self.noisy(x0, d["t"], d["eps"])
@@ -200,7 +204,7 @@ class Trainer:
     def generator_update(self) -> dict:
         method = self.method
         d = self.draw(GENERATOR_PHASE)
-        with self.accelerator.autocast():
+        with self.autocast():
             x0 = self.generator(d["z"], d["cond"]).float()
             batch = self.generator_batch(x0, d["t"], d["eps"], d["cond"])
             regulariser = method.regulariser(batch)
@@ -259,7 +263,7 @@ class Trainer:
         cfg = self.cfg.eval
         with self.ema.applied(self.unwrapped(self.generator)) as generator:
             generator.eval()
-            with self.accelerator.autocast():
+            with self.autocast():
                 metrics, per_prompt = self.backend.evaluate(generator, cfg.samples, cfg.seed)
                 if cfg.grid:
                     self.backend.save_grid(generator, self.run.dir / "samples" / f"step_{self.step:06d}.png")
@@ -342,7 +346,8 @@ class Trainer:
                 "backend": config["backend"], "eval_samples": self.cfg.eval.samples,
                 "eval_seed": self.cfg.eval.seed, "generator": "ema" if self.cfg.train.ema else "raw",
             },
-            "distributed": {"processes": self.ranks, "batch_per_process": self.cfg.train.batch_size // self.ranks,
+            "distributed": {"strategy": self.accelerator.distributed_type.value, "processes": self.ranks,
+                            "batch_per_process": self.cfg.train.batch_size // self.ranks,
                             "effective_batch": self.cfg.train.batch_size, "precision": self.precision,
                             "replica_checksums": checksums},
             "checkpoint_sha256": folder_sha256(self.run.checkpoint_dir),
