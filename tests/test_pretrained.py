@@ -175,3 +175,17 @@ def test_missing_models_and_wrong_rewards_give_one_clear_line(tiny_models, resul
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert Store(results).rows() == []  # nothing half-made is left in the store
+
+
+def test_a_finished_run_exports_a_pipeline_that_bench_eval_scores(tiny_models, results, capsys):
+    assert main(["run", *backend_args(tiny_models, "sd15"), "train.steps=2", f"results.dir={results}"]) == 0
+    (row,) = Store(results).rows()
+    run = Store(results).get(row["id"])
+    capsys.readouterr()
+    assert main(["eval", f"run={run.id}", f"results.dir={results}"]) == 2
+    assert f"bench eval pipeline={run.dir / 'pipeline'}" in capsys.readouterr().err
+    assert main(["eval", f"pipeline={run.dir / 'pipeline'}", "prompts=builtin", "subset=2", "metrics=hpsv2",
+                 f"weights={tiny_models['weights']}", f"results.dir={results}"]) == 0
+    (evaluation,) = Store(results).evals()
+    assert evaluation["run_id"].startswith(f"pipeline-{run.id}-")
+    assert json.loads(evaluation["protocol"])["scheduler"] == "DDIMScheduler"

@@ -59,6 +59,10 @@ class AnalyticSource:
         from bench.backends import build_backend
         from bench.config import config_from_dict
 
+        backend = run.config["backend"]["name"]
+        if backend != "analytic":
+            raise UsageError(f"run {run.id} trained a {backend} generator, which its end exported as a pipeline: "
+                             f"evaluate that with bench eval pipeline={run.dir / 'pipeline'} prompts=...")
         if request.prompts != "analytic":
             raise UsageError(f"run {run.id} lives in the analytic world, so it is evaluated on prompts=analytic "
                              f"(got prompts={request.prompts})")
@@ -110,7 +114,9 @@ class PipelineSource:
         from bench.backends.diffusers_io import load_pipeline, pipeline_folder
 
         self.source, self.path = source, pipeline_folder(source)
-        self.label = Path(source.rstrip("/")).name  # a hub id's cache folder is named by a commit, not the model
+        # A hub id's cache folder is named by a commit, not the model; a run's export is named by its run.
+        exported = self.path / "one_step.json"
+        self.label = json.loads(exported.read_text())["run"] if exported.exists() else Path(source.rstrip("/")).name
         self.pipe = load_pipeline(self.path)
         self.pipe.set_progress_bar_config(disable=True)  # one bar, ours, counts images
         self.request = request
