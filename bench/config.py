@@ -247,11 +247,12 @@ def help_text(method_name: str = DEFAULT_METHOD, backend_name: str = DEFAULT_BAC
         f"Presets: {', '.join(sorted(p.stem for p in PRESET_DIR.glob('*.yaml')))} (preset=NAME).",
         "",
     ]
-    width = max(len(key) for key, *_ in leaf_fields(cfg)) + 2
-    for section, chosen in zip(PLUGINS, (method_name, backend_name), strict=True):
-        lines.append(f"  {section:<{width}}{chosen:<12}{RunConfig.__dataclass_fields__[section].metadata['help']}")
+    rows = [(section, chosen, RunConfig.__dataclass_fields__[section].metadata["help"])
+            for section, chosen in zip(PLUGINS, (method_name, backend_name), strict=True)]
     for key, owner, f, _ in leaf_fields(cfg):
         default = getattr(owner, f.name)
-        shown = "''" if default == "" else str(default)
-        lines.append(f"  {key:<{width}}{shown:<12}{f.metadata.get('help', '')}")
+        rows.append((key, "''" if default == "" else str(default), f.metadata.get("help", "")))
+    width = max(len(key) for key, _, _ in rows) + 2
+    shown_width = max(12, *(len(shown) + 2 for _, shown, _ in rows))
+    lines += [f"  {key:<{width}}{shown:<{shown_width}}{text}" for key, shown, text in rows]
     return "\n".join(lines)

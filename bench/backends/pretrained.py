@@ -43,11 +43,16 @@ class TextCondition(NamedTuple):
     mask: Tensor  # the text encoder's attention mask (all ones where the family does not use one)
 
 
+def reference_model(default: str):
+    """The `backend.model` key, with a family's default pipeline."""
+    return param(default, "reference pipeline: a hub id or a local folder written by save_pretrained")
+
+
 @dataclass
 class PretrainedConfig:
     name: ClassVar[str]
 
-    model: str = param("", "reference pipeline: a hub id or a local folder written by save_pretrained")
+    model: str = reference_model("")
     t_init: int = param(399, "timestep at which the reference's one-step denoiser initialises the generator",
                         ge=1, le=999)
     resolution: int = param(0, "image side in pixels for training and evaluation (0: the model's own)", ge=0)
@@ -278,8 +283,7 @@ def image_reward(spec: str, weights: str | None, backend: str) -> nn.Module:
 
 @dataclass
 class SD15Config(PretrainedConfig):
-    model: str = param("stable-diffusion-v1-5/stable-diffusion-v1-5",
-                       "reference pipeline: a hub id or a local folder written by save_pretrained")
+    model: str = reference_model("stable-diffusion-v1-5/stable-diffusion-v1-5")
 
 
 class SD15Backend(PretrainedBackend):
@@ -298,8 +302,7 @@ class SD15Backend(PretrainedBackend):
 
 @dataclass
 class PixArtAlphaConfig(PretrainedConfig):
-    model: str = param("PixArt-alpha/PixArt-XL-2-512x512",
-                       "reference pipeline: a hub id or a local folder written by save_pretrained")
+    model: str = reference_model("PixArt-alpha/PixArt-XL-2-512x512")
 
 
 class PixArtAlphaBackend(PretrainedBackend):
