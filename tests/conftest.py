@@ -79,3 +79,15 @@ def backend_args(tiny_models: dict, backend: str) -> list[str]:
         return ["backend.hidden=32"]
     return [f"backend={backend}", f"backend.model={tiny_models[backend]}", "reward=hpsv2",
             f"weights={tiny_models['weights']}", "train.batch_size=2", "eval.samples=16", "backend.eval_prompts=2"]
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """The hub as it is here and in CI: nothing cached, nothing downloadable. Tests never ask the real one."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def not_cached(repo, *args, **kwargs):
+        raise LocalEntryNotFoundError(f"{repo} is not cached and the hub is offline")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", not_cached)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", not_cached)

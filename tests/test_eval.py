@@ -105,14 +105,8 @@ def test_bad_eval_invocations(results, trained, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_an_unreachable_hub_pipeline_is_one_line(results, capsys, monkeypatch):
+def test_an_unreachable_hub_pipeline_is_one_line(results, capsys, hub_unreachable):
     """A hub id resolves through the cache; a miss there (stubbed: no hub here) names the fix."""
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    def not_cached(repo, **kwargs):
-        raise LocalEntryNotFoundError(f"{repo} is not cached and the hub is offline")
-
-    monkeypatch.setattr("huggingface_hub.snapshot_download", not_cached)
     assert main(["eval", "pipeline=nobody/no-such-model", f"results.dir={results}"]) == 2
     err = capsys.readouterr().err
     assert "pipeline nobody/no-such-model is not in the Hugging Face cache" in err and "--local-dir DIR" in err

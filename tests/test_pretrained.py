@@ -12,7 +12,7 @@ from diffusers import DiffusionPipeline
 from bench.cli import main
 from bench.config import build_config
 from bench.store import Store
-from bench.train.trainer import Trainer
+from bench.train.trainer import GENERATOR_PHASE, Trainer
 
 from conftest import ROOT, backend_args, bench_env
 
@@ -51,7 +51,7 @@ def test_one_iteration_trains_generator_and_fake_score_and_nothing_else(tiny_mod
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_reward_gradient_reaches_the_latents_through_the_vae_decoder(tiny_models, backend):
     trainer = trainer_for(tiny_models, backend)
-    d = trainer.draw(0)
+    d = trainer.draw(GENERATOR_PHASE)
     x0 = trainer.generator(d["z"], d["cond"]).detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(trainer.backend.reward(x0, d["cond"]).sum(), x0)
     assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
@@ -167,7 +167,8 @@ def test_export_reloads_with_from_pretrained_and_samples_the_generator_in_one_st
     (["backend.model=someone/no-such-model"], "pipeline someone/no-such-model is not in the Hugging Face cache"),
     (["reward=linear"], "reward=linear is defined on the analytic world's pictures; backend=sd15 scores real"),
 ])
-def test_missing_models_and_wrong_rewards_give_one_clear_line(tiny_models, results, args, message, capsys):
+def test_missing_models_and_wrong_rewards_give_one_clear_line(tiny_models, results, args, message, capsys,
+                                                              hub_unreachable):
     base = backend_args(tiny_models, "sd15")
     for arg in args:
         base = without(base, arg.partition("=")[0])

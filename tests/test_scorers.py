@@ -93,14 +93,8 @@ def test_image_reward_normalisation_and_tokens(weights, images):
     assert not torch.allclose(scorer.score(images, PROMPTS[::-1]), expected)
 
 
-def test_missing_hub_weights_say_where_they_were_looked_for(monkeypatch):
+def test_missing_hub_weights_say_where_they_were_looked_for(monkeypatch, hub_unreachable):
     """Without weights=DIR a scorer asks the hub cache; a miss there (stubbed: no hub here) is one line to act on."""
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    def not_cached(repo, filename, **kwargs):
-        raise LocalEntryNotFoundError(f"{repo}/{filename} is not cached and the hub is offline")
-
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", not_cached)
     monkeypatch.delenv("BENCH_WEIGHTS", raising=False)
     with pytest.raises(UsageError) as err:
         load_scorer("image_reward")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from bench.analytic.mixture import GaussianMixture
 from bench.analytic.pictures import captions, component_means
 from bench.config import param
-from bench.diffusion import VPSchedule, broadcast
+from bench.diffusion import VPSchedule, broadcast, image_noise
 from bench.eval.analytic import optimum_summary, world_metrics
 from bench.rewards.analytic import build_reward
 
@@ -128,12 +128,12 @@ class AnalyticBackend:
     def eval_inputs(self, total: int, seed: int) -> tuple[Tensor, Tensor]:
         """The fixed evaluation set: the same noise and captions at every evaluation of every run.
 
-        Image i is caption i // per_caption with `image_noise(i, seed)`: the layout `bench eval` uses, so
+        Image i is caption i // per_caption with `image_noise(shape, seed, i)`: the layout `bench eval` uses, so
         `bench eval n=PER_CAPTION seed=SEED` sees exactly the images the training's evaluations saw.
         """
         per_caption = max(2, total // len(self.captions))
         cond = torch.arange(len(self.captions)).repeat_interleave(per_caption)
-        return torch.stack([self.image_noise(i, seed) for i in range(len(cond))]), cond
+        return torch.stack([image_noise(self.shape, seed, i) for i in range(len(cond))]), cond
 
     @torch.no_grad()
     def evaluate(self, generator: nn.Module, total: int, seed: int) -> tuple[dict[str, float], list[dict]]:
@@ -151,11 +151,6 @@ class AnalyticBackend:
         zero = torch.zeros(len(cond))
         nll = -self.reference.log_prob(x, zero + 1, zero, cond) / self.reference.dim
         return {"reward": self.reward(x, cond), "nll_ref": nll}
-
-    def image_noise(self, index: int, seed: int) -> Tensor:
-        """The noise of image `index` of an evaluation: fixed by (seed, index) alone, whatever the batching."""
-        # A generator per image costs about 10 us, negligible beside the evaluation itself.
-        return torch.randn(self.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + index))
 
     @staticmethod
     def to_pil(x: Tensor, scale: int = 4):

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from bench.backends.diffusers_io import load_pipeline, pipeline_folder
 from bench.config import param
-from bench.diffusion import DiscreteSchedule
+from bench.diffusion import DiscreteSchedule, image_noise
 from bench.errors import UsageError
 from bench.eval.prompts import load_prompt_set
 
@@ -106,9 +106,9 @@ def merged(net: nn.Module, clean: nn.Module) -> nn.Module:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     net, clean = copy.deepcopy(net), copy.deepcopy(clean)
-    layers = [m for m in net.modules() if isinstance(m, BaseTunerLayer)]
-    for layer in layers:
-        layer.merge()
+    for layer in net.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.merge()
     state = {key.replace(".base_layer.", "."): value for key, value in net.state_dict().items() if "lora_" not in key}
     clean.load_state_dict(state)
     return clean
@@ -195,17 +195,13 @@ class PretrainedBackend:
     def eval_prompts(self) -> list[int]:
         return list(range(min(self.settings.eval_prompts, len(self.captions))))
 
-    def image_noise(self, index: int, seed: int) -> Tensor:
-        """The noise of image `index` of an evaluation: fixed by (seed, index) alone, whatever the batching."""
-        return torch.randn(self.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + index))
-
     @torch.no_grad()
     def images(self, generator: nn.Module, ids: list[int], seed: int) -> tuple[Tensor, Tensor]:
         """Pixels of image i = 0.. for prompt rows `ids`, and their rewards, in batches that bound memory."""
         pixels, rewards = [], []
         for start in range(0, len(ids), EVAL_BATCH):
             rows = torch.tensor(ids[start:start + EVAL_BATCH])
-            z = torch.stack([self.image_noise(start + k, seed) for k in range(len(rows))]).to(self.device)
+            z = torch.stack([image_noise(self.shape, seed, start + k) for k in range(len(rows))]).to(self.device)
             cond = self.encode(rows)
             batch = self.decode(generator(z, cond))
             pixels.append(batch.cpu())

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from bench.diffusion import image_noise, noise_generator
 from bench.errors import UsageError
 from bench.eval.prompts import PromptSet, load_prompt_set
 from bench.provenance import folder_sha256, provenance
@@ -93,7 +94,7 @@ class AnalyticSource:
     @torch.no_grad()
     def generate(self, indices: list[int], prompt_ids: list[int], texts: list[str], seed: int, folder: Path):
         cond = torch.tensor(prompt_ids)
-        x = self.generator(torch.stack([self.backend.image_noise(i, seed) for i in indices]), cond)
+        x = self.generator(torch.stack([image_noise(self.backend.shape, seed, i) for i in indices]), cond)
         (folder / "samples").mkdir(exist_ok=True)
         atomic_torch_save(folder / "samples" / f"{indices[0]:05d}.pt", {"index": torch.tensor(indices), "x": x})
         pil = [self.backend.to_pil(image) for image in x]
@@ -135,7 +136,7 @@ class PipelineSource:
     def generate(self, indices: list[int], prompt_ids: list[int], texts: list[str], seed: int, folder: Path):
         r = self.request
         size = {"height": r.resolution, "width": r.resolution} if r.resolution else {}
-        generators = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in indices]
+        generators = [noise_generator(seed, i) for i in indices]
         images = self.pipe(prompt=texts, num_inference_steps=r.steps,
                            guidance_scale=r.guidance, generator=generators, output_type="pt", **size).images
         images = images.float().cpu().clamp(0, 1)

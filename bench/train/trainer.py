@@ -14,6 +14,7 @@ any number of processes, and a checkpoint needs no random state to resume exactl
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from bench.diffusion import broadcast, dsm_loss
 from bench.errors import UsageError
 from bench.method import GeneratorBatch
 from bench.provenance import folder_sha256, provenance
-from bench.store import Run
+from bench.store import Run, Store
 from bench.store.files import replace_folder
 
 # Where accelerate's save_state puts what the evaluation of a checkpoint needs (its first model, then the
@@ -146,8 +147,6 @@ class Trainer:
         run_id = [create_run().id if self.main else None]
         if self.ranks > 1:
             broadcast_object_list(run_id)
-        from bench.store import Store
-
         self.run = Store(self.cfg.results.dir).get(run_id[0])
 
     def autocast(self):
@@ -317,7 +316,7 @@ class Trainer:
         values = torch.stack([v.float().reshape(()) for v in logs.values()]).to(self.device)
         values = self.accelerator.reduce(values, "mean") if self.ranks > 1 else values
         averaged = dict(zip(logs, values.tolist(), strict=True))
-        bad = [key for key, value in averaged.items() if not torch.isfinite(torch.tensor(value))]
+        bad = [key for key, value in averaged.items() if not math.isfinite(value)]
         if bad:
             raise Diverged(self.step, bad[0], averaged[bad[0]])
         return averaged
