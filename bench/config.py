@@ -32,7 +32,8 @@ def param(default, help: str, *, ge=None, gt=None, le=None, lt=None, choices=Non
 class TrainConfig:
     steps: int = param(1200, "generator updates", ge=1)
     batch_size: int = param(128, "samples per generator and per fake-score update", ge=1)
-    lr_gen: float = param(1e-3, "Adam learning rate of the generator", gt=0)
+    lr_gen: float = param(3e-4, "Adam learning rate of the generator (below lr_fake: the fake score must keep up "
+                          "with the generator it measures)", gt=0)
     lr_fake: float = param(1e-3, "Adam learning rate of the fake-score network", gt=0)
     beta1: float = param(0.0, "Adam beta1 (0 as in the runnable relatives)", ge=0, lt=1)
     beta2: float = param(0.999, "Adam beta2", ge=0, lt=1)

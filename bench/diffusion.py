@@ -1,11 +1,16 @@
 """Shared diffusion mathematics used by every method and backend.
 
 Conventions: data x0, noisy x_t = alpha_t x0 + sigma_t eps with alpha_t^2 + sigma_t^2 = 1 (VP), scores
-s(x_t) = grad log p_t(x_t), networks predict eps, and s = -eps / sigma_t.
+s(x_t) = grad log p_t(x_t), networks predict eps, and s = -eps / sigma_t. Classifier-free guidance is written
+the way diffusers writes it, s~ = s_u + w (s_c - s_u): w = 1 is the conditional score, w = 0 the unconditional
+one. Papers that write s_c + w' (s_c - s_u) (DI*, DI++) mean w = w' + 1.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +31,40 @@ class VPSchedule:
         log_alpha = -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
         # expm1 keeps sigma accurate at small t, where 1 - alpha^2 would cancel.
         return log_alpha.exp(), torch.sqrt(-torch.expm1(2 * log_alpha))
+
+    def time_of_log_snr(self, log_snr: float) -> float:
+        """The t at which log(alpha_t / sigma_t) = log_snr: the root of the quadratic log alpha_t."""
+        log_alpha = -0.5 * math.log1p(math.exp(-2 * log_snr))
+        a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
+        return (-b + math.sqrt(b * b - 4 * a * log_alpha)) / (2 * a)
+
+
+def probability_flow(denoise: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor, schedule: VPSchedule,
+                     steps: int, t_max: float = 1.0, t_min: float = 1e-3) -> Tensor:
+    """x0 from unit noise along the probability-flow ODE of `denoise(x, alpha, sigma)`: DPM-Solver++ (2M).
+
+    Steps are uniform in log-SNR; the multistep correction makes it second order at one denoiser call a step,
+    and the last call returns the denoiser's x0 at t_min. For an exact denoiser this is the reference's own
+    sampler, a deterministic map from noise to data: what a distilled one-step model tries to be.
+    """
+    def at(t: float) -> tuple[Tensor, Tensor]:
+        alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=noise.dtype))
+        return alpha.expand(len(noise)), sigma.expand(len(noise))
+
+    log_snr = [math.log(float(a[0] / s[0])) for a, s in (at(t_max), at(t_min))]
+    times = [schedule.time_of_log_snr(log_snr[0] + (log_snr[1] - log_snr[0]) * i / steps) for i in range(steps + 1)]
+    x, previous = noise, None
+    for t, t_next in itertools.pairwise(times):
+        (alpha, sigma), (alpha_next, sigma_next) = at(t), at(t_next)
+        x0 = denoise(x, alpha, sigma)
+        h = float(torch.log(alpha_next[0] / sigma_next[0]) - torch.log(alpha[0] / sigma[0]))
+        guess = x0
+        if previous is not None:
+            ratio = previous[1] / h
+            guess = (1 + 1 / (2 * ratio)) * x0 - previous[0] / (2 * ratio)
+        x = broadcast(sigma_next / sigma, x) * x + broadcast(alpha_next * -math.expm1(-h), x) * guess
+        previous = (x0, h)
+    return denoise(x, *at(times[-1]))
 
 
 class DiscreteSchedule:
@@ -66,14 +105,18 @@ def sample_times(n: int, kind: str, t_min: float, t_max: float, generator: torch
 
 
 def time_weight(kind: str, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """w(t) in the time-integrated divergence.
+    """w(t) in the time-integrated divergence int w(t) D(p_theta,t, p~_ref,t) dt.
 
-    'denoiser' is sigma^2 / alpha^2: then the IKL gradient with respect to x0, alpha w (s_fake - s_ref), equals
-    the difference of the two denoisers D_fake - D_ref, which stays O(1) at every noise level.
+    'uniform' (w = 1) is the plain integral, and at a single small t the data-level KL that KL-RLHF needs.
+    'denoiser' (w = sigma^2 / alpha^2) makes the IKL gradient with respect to x0, alpha w (s_fake - s_ref),
+    the difference of the two denoisers D_fake - D_ref: the x0-space gradient of DMD (Yin et al., 2024), which
+    stays O(1) at every noise level.
     """
     if kind == "uniform":
         return torch.ones_like(alpha)
-    return sigma**2 / alpha**2
+    if kind == "denoiser":
+        return sigma**2 / alpha**2
+    raise ValueError(f"unknown time weighting '{kind}'; choose from {', '.join(WEIGHTINGS)}")
 
 
 def guided(cond: Tensor, uncond: Tensor | None, scale: float) -> Tensor:

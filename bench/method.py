@@ -9,6 +9,7 @@ matching and owns everything else, so a method file holds only its mathematics.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ class GeneratorBatch:
 
     x_t = alpha * x0 + sigma * eps carries the gradient to the generator. The score callables evaluate the
     networks at the batch's times and prompts with their parameters frozen; gradients flow only through
-    their input.
+    their input. `reward(x)` scores clean samples for the batch's prompts, differentiably.
     """
 
     x0: Tensor
@@ -43,11 +44,22 @@ class GeneratorBatch:
     fake_score: Callable[[Tensor], Tensor]
     ref_cond: Callable[[Tensor], Tensor]
     ref_uncond: Callable[[Tensor], Tensor]
+    reward: Callable[[Tensor], Tensor]
     logs: dict[str, Tensor] = field(default_factory=dict)
 
     def ref_score(self, x: Tensor, scale: float) -> Tensor:
-        """The CFG-guided reference score; the unconditional model runs only when it matters."""
+        """The CFG-guided reference score s_u + scale (s_c - s_u); the unconditional model runs only when it
+        matters."""
         return guided(self.ref_cond(x), None if scale == 1 else self.ref_uncond(x), scale)
+
+    def denoised(self, x: Tensor, scale: float) -> Tensor:
+        """E[x0 | x_t = x] under the guided reference (Tweedie): (x + sigma^2 s~_ref(x)) / alpha."""
+        return (x + self.sigma**2 * self.ref_score(x, scale)) / self.alpha
+
+    @functools.cached_property
+    def reward_x0(self) -> Tensor:
+        """r(x0), computed once: the default reward term, and what the trainer logs as the reward."""
+        return self.reward(self.x0)
 
 
 def ikl_surrogate(b: GeneratorBatch, scale: float) -> Tensor:
@@ -68,12 +80,16 @@ class Method:
     name: ClassVar[str] = "method"
 
     alpha_rew: float = param(1.0, "reward weight alpha_rew", ge=0)
-    alpha_cfg: float = param(1.0, "CFG scale of the reference: 1 conditional, 0 unconditional", ge=0)
+    alpha_cfg: float = param(1.0, "CFG scale w in s_u + w (s_c - s_u): 1 conditional, 0 unconditional "
+                             "(a paper's s_c + w' (s_c - s_u) is w = w' + 1)", ge=0)
     fake_steps: int = param(1, "fake-score (DSM) updates per generator update", ge=1, le=100)
     time: str = param("uniform", "distribution of diffusion times", choices=TIME_DISTRIBUTIONS)
-    t_min: float = param(0.02, "smallest diffusion time", gt=0, lt=1)
+    t_min: float = param(0.02, "smallest diffusion time (0.02 and 0.98: DMD2's timesteps 20 to 980 of 1000)",
+                         gt=0, lt=1)
     t_max: float = param(0.98, "largest diffusion time", gt=0, lt=1)
-    weighting: str = param("denoiser", "time weighting w(t) of the divergence", choices=WEIGHTINGS)
+    weighting: str = param("denoiser", "time weighting w(t) of the divergence: uniform (w = 1) or denoiser "
+                           "(sigma^2/alpha^2: DMD's x0-space gradient D_fake - D_ref, Yin et al. 2024)",
+                           choices=WEIGHTINGS)
 
     def validate(self) -> None:
         if self.time == "uniform" and self.t_min >= self.t_max:
@@ -91,6 +107,11 @@ class Method:
     def regulariser(self, b: GeneratorBatch) -> Tensor:
         """Per-sample surrogate of the divergence; put a scalar estimate of it in b.logs['div']."""
         raise NotImplementedError
+
+    def reward_term(self, b: GeneratorBatch) -> Tensor:
+        """The per-sample reward that alpha_rew weighs against the regulariser: r(x0) unless a method's
+        estimator places it elsewhere."""
+        return b.reward_x0
 
 
 def retune(name: str, default):

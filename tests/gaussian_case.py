@@ -28,12 +28,14 @@ def kl_gaussians(m0, c0, m1, c1):
 
 
 class GaussianCase:
-    """Generator x0 = mu + L z; reference N(m, S). Parameters mu and L carry gradients."""
+    """Generator x0 = mu + L z; reference N(m, S); reward r(x) = v . x (v = 0 unless given). Parameters mu
+    and L carry gradients."""
 
-    def __init__(self, mu, chol, ref_mean, ref_cov, samples_per_time: int, seed: int = 0):
+    def __init__(self, mu, chol, ref_mean, ref_cov, samples_per_time: int, seed: int = 0, reward=None):
         self.mu = mu.clone().requires_grad_(True)
         self.chol = chol.clone().requires_grad_(True)
         self.ref_mean, self.ref_cov = ref_mean, ref_cov
+        self.reward_weights = torch.zeros(DIM, dtype=torch.float64) if reward is None else reward
         gen = torch.Generator().manual_seed(seed)
         n = samples_per_time * len(TIMES)
         self.t = torch.tensor(TIMES).repeat_interleave(samples_per_time)
@@ -80,17 +82,30 @@ class GaussianCase:
             weight=method.weight(self.alpha, self.sigma),
             fake_score=lambda x: self.generator_score(x, frozen=True),
             ref_cond=self.ref_score, ref_uncond=self.ref_score,
+            reward=lambda x: x @ self.reward_weights,
         )
 
-    def integrated_kl(self, method):
-        """Mean over the time grid of w(t) KL(p_theta,t || p_ref,t), in closed form."""
+    def integrated_kl(self, weight):
+        """Mean over the time grid of w(t) KL(p_theta,t || p_ref,t), in closed form; `weight(alpha, sigma)`."""
         total = 0
         for t in TIMES:
             alpha, sigma = VPSchedule().alpha_sigma(torch.tensor(t, dtype=torch.float64))
-            w = method.weight(alpha.reshape(1), sigma.reshape(1))[0]
+            w = weight(alpha, sigma)
             gen = self.marginal(alpha, sigma, self.mu, self.chol)
             ref = self.marginal(alpha, sigma, self.ref_mean, torch.linalg.cholesky(self.ref_cov))
             total = total + w * kl_gaussians(*gen, *ref)
+        return total / len(TIMES)
+
+    def kl_to_diffused_optimum(self, alpha_rew: float):
+        """Mean over the time grid of KL(p_theta,t || p*_t), p* ~ N(m, S) exp(alpha_rew v . x) = N(m + alpha_rew
+        S v, S) diffused to t, in closed form."""
+        optimum_mean = self.ref_mean + alpha_rew * self.ref_cov @ self.reward_weights
+        total = 0
+        for t in TIMES:
+            alpha, sigma = VPSchedule().alpha_sigma(torch.tensor(t, dtype=torch.float64))
+            gen = self.marginal(alpha, sigma, self.mu, self.chol)
+            total = total + kl_gaussians(*gen, *self.marginal(alpha, sigma, optimum_mean,
+                                                             torch.linalg.cholesky(self.ref_cov)))
         return total / len(TIMES)
 
     def grad(self, scalar):

@@ -5,7 +5,7 @@ import json
 import yaml
 
 from bench.cli import main
-from bench.config import build_config, config_from_dict, leaf_fields
+from bench.config import TrainConfig, build_config, config_from_dict, leaf_fields
 from bench.store import Store
 
 from conftest import bench
@@ -15,7 +15,7 @@ def test_layers_default_then_preset_then_command_line():
     cfg = build_config(["preset=smoke", "train.steps=77", "method=di_pp", "method.alpha_cfg=2.5"])
     assert cfg.train.steps == 77          # command line beats preset
     assert cfg.train.batch_size == 64     # preset beats default
-    assert cfg.train.lr_gen == 1e-3       # default
+    assert cfg.train.lr_gen == TrainConfig().lr_gen  # default
     assert cfg.method.name == "di_pp" and cfg.method.alpha_cfg == 2.5
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bench.config import build_config
+from bench.diffusion import WEIGHTINGS, VPSchedule, time_weight
 from bench.train.trainer import GENERATOR_PHASE, Trainer
 from methods.di_pp import DIpp
 from methods.di_star import DIStar
@@ -13,6 +14,8 @@ from conftest import backend_args
 from gaussian_case import GaussianCase
 
 SAMPLES = 60_000
+# Every time weighting, written out: the methods' own `weight` must agree, and the exact divergences use these.
+CLOSED_FORM_WEIGHTS = {"uniform": lambda alpha, sigma: 1.0, "denoiser": lambda alpha, sigma: sigma**2 / alpha**2}
 
 
 def relative_error(estimate, exact):
@@ -29,13 +32,40 @@ def case():
     return GaussianCase(mu, chol, ref_mean, a @ a.T, SAMPLES)
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "denoiser"])
+def test_every_time_weighting_is_its_closed_form():
+    assert set(CLOSED_FORM_WEIGHTS) == set(WEIGHTINGS)
+    alpha, sigma = VPSchedule().alpha_sigma(torch.tensor([0.005, 0.02, 0.3, 0.7, 0.98], dtype=torch.float64))
+    for kind, closed_form in CLOSED_FORM_WEIGHTS.items():
+        torch.testing.assert_close(time_weight(kind, alpha, sigma), closed_form(alpha, sigma) + 0 * alpha)
+
+
+@pytest.mark.parametrize("weighting", sorted(CLOSED_FORM_WEIGHTS))
 def test_ikl_surrogate_gradient_matches_closed_form_integrated_kl(case, weighting):
     method = DIpp(weighting=weighting)
     surrogate = case.grad(method.regulariser(case.batch(method)).mean())
-    exact = case.grad(case.integrated_kl(method))
+    exact = case.grad(case.integrated_kl(CLOSED_FORM_WEIGHTS[weighting]))
     for name, got, want in zip(("mean", "scale"), surrogate, exact, strict=True):
         assert relative_error(got, want) < 0.05, (name, got, want)
+
+
+def test_kl_rlhf_loss_has_the_gradient_of_the_kl_to_the_diffused_optimum(case):
+    """KL-RLHF's loss at time t, w (s_fake - s~_ref) . x_t - alpha_rew r(D_ref(x_t)), against autograd of the
+    closed-form KL(p_theta,t || p*_t) with p* the reward-tilted reference, at six times far from t = 0.
+
+    Scoring r(x0) instead of r(D_ref(x_t)) is the gradient of a different objective, whose optimum tilts by
+    1 + sigma_t^2 / (alpha_t^2 s^2): the second assertion shows it fails here.
+    """
+    tilted = GaussianCase(case.mu.detach(), case.chol.detach(), case.ref_mean, case.ref_cov, SAMPLES,
+                          reward=torch.tensor([0.8, -0.4, 0.3], dtype=torch.float64))
+    method = KLRLHF(alpha_rew=2.0)
+    exact = tilted.grad(tilted.kl_to_diffused_optimum(method.alpha_rew))
+    batch = tilted.batch(method)
+    surrogate = tilted.grad((method.regulariser(batch) - method.alpha_rew * method.reward_term(batch)).mean())
+    for name, got, want in zip(("mean", "scale"), surrogate, exact, strict=True):
+        assert relative_error(got, want) < 0.05, (name, got, want)
+    batch = tilted.batch(method)
+    at_x0 = tilted.grad((method.regulariser(batch) - method.alpha_rew * batch.reward_x0).mean())
+    assert relative_error(at_x0[0], exact[0]) > 0.2
 
 
 def pseudo_huber_divergence(case, method):
@@ -97,3 +127,10 @@ def test_ikl_surrogate_gradient_in_x0_is_alpha_w_score_gap_on_a_real_batch(backe
     expected = batch.alpha * batch.weight.reshape(-1, 1, 1, 1) * gap
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
     assert gap.abs().mean() > 1e-3
+    # DI++'s default weighting is DMD's x0-space gradient: the two denoisers' difference, by Tweedie from the
+    # networks' own eps predictions.
+    with torch.no_grad():
+        fake_eps = trainer.unwrapped(trainer.fake)(batch.x_t, d["t"], *trainer.schedule.alpha_sigma(d["t"]), d["cond"])
+        fake_x0 = (batch.x_t - batch.sigma * fake_eps.float()) / batch.alpha
+        ref_x0 = batch.denoised(batch.x_t, 1.7)
+    torch.testing.assert_close(grad, fake_x0 - ref_x0, rtol=1e-4, atol=1e-5 * float(grad.abs().max()))

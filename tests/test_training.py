@@ -9,49 +9,38 @@ import torch
 from safetensors.torch import load_file
 
 from bench.cli import main
-from bench.config import build_config
 from bench.store import Store
 from bench.store.files import read_jsonl
-from bench.train.trainer import GENERATOR_FILE, PROGRESS_FILE, Trainer, last_checkpoint
+from bench.train.trainer import FAKE_PHASE, GENERATOR_FILE, PROGRESS_FILE, last_checkpoint
 
 from conftest import bench, bench_process, wait_until
+from world_checks import trainer_for
 
 COVERAGE_FLOOR = 0.9
 
 
-def test_kl_rlhf_converges_to_the_tilted_optimum(tmp_path):
-    """On a Gaussian reference, KL-RLHF's optimum is N(mu + alpha_rew s0^2 w, s0^2 I) in closed form.
-
-    A small t_min makes the data-level KL exact to O(sigma_tmin^2 / s0^2) = 1%. The stated tolerance: the
-    generator's mean lies within 10% of the tilt's length from the optimum's mean.
-    """
-    cfg = build_config([
-        "method=kl_rlhf", "method.t_min=0.001", "backend.prompts=1", "backend.components=1", "backend.image_size=2",
-        "train.steps=1500", "train.batch_size=512", "backend.hidden=64", "train.eval_every=0", "eval.grid=false",
-        "eval.samples=256",
-    ])
-    store = Store(tmp_path)
-    trainer = Trainer(cfg, store.create(cfg.to_dict()), progress=False)
-    trainer.fit()
-    backend = trainer.backend
-    z, cond = backend.sample_inputs(20_000, torch.Generator().manual_seed(5))
-    with torch.no_grad(), trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
-        mean = generator(z, cond).flatten(1).mean(0)
-    optimum, reference = backend.optimum.moments(0)[0], backend.reference.moments(0)[0]
-    tilt = (optimum - reference).norm()
-    assert tilt > 0.15
-    assert (mean - optimum).norm() < 0.1 * tilt
+def test_each_fake_score_update_of_a_step_draws_its_own_batch():
+    trainer = trainer_for(["method=di_pp", "method.fake_steps=3", "backend.image_size=4"])
+    first, second, third = (trainer.draw(FAKE_PHASE, update) for update in range(3))
+    again = trainer.draw(FAKE_PHASE, 1)
+    for key in ("z", "t", "eps"):
+        assert not torch.equal(first[key], second[key]) and not torch.equal(second[key], third[key]), key
+        assert torch.equal(second[key], again[key]), key  # and each is fixed by (seed, step, phase, update)
+    trainer.counters.step += 1
+    assert not torch.equal(trainer.draw(FAKE_PHASE, 0)["z"], first["z"])
 
 
-@pytest.mark.parametrize("method", ["di_star", "di_pp", "kl_rlhf"])
+@pytest.mark.parametrize("method", ["di_star", "di_pp"])
 def test_default_run_raises_reward_and_keeps_the_modes(method, results):
+    """KL-RLHF's default run is held to its closed-form optimum in test_kl_rlhf_family.py; DI++ and DI* aim
+    elsewhere (the Integral KL and the score divergence have their own optima), so here: more reward, all modes.
+    """
     bench("run", f"method={method}", "eval.grid=false", results=results, check=True)
     (row,) = json.loads(bench("runs", "list", "--json", results=results, check=True).stdout)
     summary = row["summary"]
     assert row["status"] == "finished"
     assert summary["metrics"]["reward"] > summary["initial"]["reward"] + 0.03
     assert summary["metrics"]["coverage"] >= COVERAGE_FLOOR
-    assert summary["metrics"]["mmd_star"] < summary["initial"]["mmd_star"]
 
 
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):

@@ -157,10 +157,14 @@ class Trainer:
 
     # -- batches ------------------------------------------------------------------------------------------
 
-    def draw(self, phase: int) -> dict:
-        """This rank's slice of the step's global batch: generator inputs, diffusion times and noise."""
+    def draw(self, phase: int, update: int = 0) -> dict:
+        """This rank's slice of a global batch: generator inputs, diffusion times and noise.
+
+        Each update of a step draws its own batch, seeded by (seed, step, phase, update): the K fake-score
+        updates see K different batches, and a resumed run draws exactly what it would have.
+        """
         n = self.cfg.train.batch_size
-        rng = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.step) * 2 + phase)
+        rng = torch.Generator().manual_seed(((self.cfg.seed * 1_000_003 + self.step) * 2 + phase) * 1009 + update)
         z, cond = self.backend.sample_inputs(n, rng)
         t = self.method.sample_t(n, rng)
         eps = torch.randn((n, *z.shape[1:]), generator=rng)
@@ -174,8 +178,8 @@ class Trainer:
 
     # -- updates ------------------------------------------------------------------------------------------
 
-    def fake_update(self) -> dict:
-        d = self.draw(FAKE_PHASE)
+    def fake_update(self, update: int = 0) -> dict:
+        d = self.draw(FAKE_PHASE, update)
         with self.autocast():
             with torch.no_grad():
                 x0 = self.unwrapped(self.generator)(d["z"], d["cond"]).float()
@@ -198,6 +202,7 @@ class Trainer:
             fake_score=lambda x: -fake(x, t, alpha, sigma, cond).float() / sigma_b,
             ref_cond=lambda x: backend.ref_score(x, t, alpha, sigma, cond),
             ref_uncond=lambda x: backend.ref_score(x, t, alpha, sigma, None),
+            reward=lambda x: backend.reward(x, cond),
         )
 
     def generator_update(self) -> dict:
@@ -207,9 +212,10 @@ class Trainer:
             x0 = self.generator(d["z"], d["cond"]).float()
             batch = self.generator_batch(x0, d["t"], d["eps"], d["cond"])
             regulariser = method.regulariser(batch)
-            reward = self.backend.reward(x0, d["cond"])
-            loss = (regulariser - method.alpha_rew * reward).mean()
-        logs = {"loss_gen": loss.detach(), "reward": reward.mean().detach(), **batch.logs}
+            loss = (regulariser - method.alpha_rew * method.reward_term(batch)).mean()
+            with torch.no_grad():  # r(x0) is logged whatever the method optimised; computed once either way
+                reward = batch.reward_x0.mean()
+        logs = {"loss_gen": loss.detach(), "reward": reward.detach(), **batch.logs}
         logs["grad_gen"] = self.apply(loss, self.generator, self.opt_gen)
         return logs
 
@@ -255,6 +261,17 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------------------------------------
 
+    def step_once(self) -> dict:
+        """One step: K fake-score updates on K fresh batches, one generator update, the EMA. Returns the
+        step's logs, averaged over ranks and checked for non-finite values."""
+        fake = [self.fake_update(update) for update in range(self.method.fake_steps)]
+        logs = {key: torch.stack([f[key] for f in fake]).mean() for key in fake[0]}
+        logs.update(self.generator_update())
+        self.counters.step += 1
+        logs = self.guard(logs)
+        self.ema.update(self.unwrapped(self.generator))
+        return logs
+
     def evaluate(self):
         """On the main process, with the EMA weights; the other ranks wait at their next collective."""
         if not self.main:
@@ -283,14 +300,7 @@ class Trainer:
         window: list[dict] = []
         started = time.perf_counter() - counters.wall
         while self.step < train.steps:
-            logs = {}
-            for _ in range(self.method.fake_steps):
-                logs.update(self.fake_update())
-            logs.update(self.generator_update())
-            counters.step += 1
-            logs = self.guard(logs)
-            self.ema.update(self.unwrapped(self.generator))
-            window.append(logs)
+            window.append(self.step_once())
             if self.step % train.log_every == 0 or self.step == train.steps:
                 record = {key: sum(w[key] for w in window) / len(window) for key in window[0]}
                 if self.main:

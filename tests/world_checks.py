@@ -1,0 +1,61 @@
+"""Training on an analytic world, and what a trained generator's law looks like next to a target mixture.
+
+Measurements use many samples a caption and compare with the target's exact moments and weights, so the
+statistics resolve differences far below what a run's own periodic evaluation (a few hundred samples) can.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.analytic.mixture import GaussianMixture
+from bench.config import build_config
+from bench.eval.analytic import frechet_distance, sample_moments
+from bench.train.trainer import Trainer
+
+QUIET = ["eval.grid=false", "train.eval_every=0", "eval.samples=64", "train.ckpt_every=100000"]
+
+
+def trainer_for(args: list[str]) -> Trainer:
+    """A trainer without a store: networks, noise and updates only (fit() needs a run; train() does not)."""
+    return Trainer(build_config([*args, *QUIET]), run=None, progress=False)
+
+
+def train(trainer: Trainer, steps: int | None = None) -> None:
+    """The trainer's own loop body (fake updates, generator update, EMA) without evaluation or checkpoints."""
+    for _ in range(steps or trainer.cfg.train.steps):
+        trainer.step_once()
+
+
+def generated(trainer: Trainer, per_caption: int, seed: int = 99, ema: bool = True):
+    """Samples of every caption from fixed noise: (x, caption ids)."""
+    backend = trainer.backend
+    cond = torch.arange(len(backend.captions)).repeat_interleave(per_caption)
+    z = torch.randn((len(cond), *backend.shape), generator=torch.Generator().manual_seed(seed))
+    generator = trainer.unwrapped(trainer.generator)
+    with torch.no_grad():
+        if not ema:
+            return generator(z, cond), cond
+        with trainer.ema.applied(generator) as averaged:
+            return averaged(z, cond), cond
+
+
+def law_stats(x: torch.Tensor, cond: torch.Tensor, target: GaussianMixture, reward) -> dict[str, float]:
+    """Mean reward, Frechet distance to the target's exact moments (caption average), the largest total
+    variation between sampled and target component weights, and the share of target components (of weight
+    above 1e-3) that receive at least a quarter of their expected samples."""
+    flat = x.flatten(1)
+    captions = cond.unique().tolist()
+    fd = sum(frechet_distance(*sample_moments(flat[cond == c]), *target.moments(c)) for c in captions)
+    counts = target.means.shape[1]
+    component = target.assign(flat, cond)
+    sampled = torch.stack([torch.bincount(component[cond == c], minlength=counts).float() / (cond == c).sum()
+                           for c in captions])
+    weights = target.log_weights[captions].exp()
+    covered = (sampled >= 0.25 * weights) | (weights < 1e-3)
+    return {
+        "reward": float(reward(x, cond).mean()),
+        "fd": fd / len(captions),
+        "tv": float(0.5 * (sampled - weights).abs().sum(1).max()),
+        "coverage": float(covered.float().mean()),
+    }
