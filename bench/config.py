@@ -50,6 +50,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     samples: int = param(1024, "generator samples per evaluation, split evenly over captions", ge=16)
+    kl_samples: int = param(16, "samples a caption for the exact KL to the reference (analytic world; 0: none)", ge=0)
     seed: int = param(1234, "seed of the fixed evaluation noise (the same at every evaluation)")
     grid: bool = param(True, "save a PNG grid of samples at each evaluation")
     target_alpha_rew: float = param(
@@ -76,6 +77,8 @@ class RunConfig:
     device: str = param("cpu", "torch device: cpu, cuda, cuda:N or auto")
     name: str = param("", "optional label stored with the run")
     resume: str = param("", "continue a run: 'latest' or a run id (its saved configuration is used)")
+    init: str = param("", "start the generator (its EMA weights) and the fake score from a run's last checkpoint, "
+                      "by run id; the run must have the same backend settings")
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)

@@ -101,6 +101,7 @@ def load_runs(root: str, key: tuple) -> tuple[pd.DataFrame, list[str]]:
             "p*_at": target_of(config),
             "protocol": json.dumps(protocol, sort_keys=True), "protocol_label": protocol_label(protocol),
             "setting": json.dumps(setting, sort_keys=True),
+            "optimum_curve": json.dumps(((summary or {}).get("optimum") or {}).get("curve")),
             **{m: metrics.get(m) for m in METRICS},
         })
     runs_dir = Path(root) / "runs"
@@ -110,7 +111,8 @@ def load_runs(root: str, key: tuple) -> tuple[pd.DataFrame, list[str]]:
                 continue
             warnings.append(f"skipped run folder {folder.name}: not in the index, or its files are unreadable")
     frame = pd.DataFrame(rows, columns=["id", "status", "method", "created", "seed", "study", "trial", "alpha_rew",
-                                        "alpha_cfg", "p*_at", "protocol", "protocol_label", "setting", *METRICS])
+                                        "alpha_cfg", "p*_at", "protocol", "protocol_label", "setting",
+                                        "optimum_curve", *METRICS])
     return frame, warnings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ USAGE = """usage: bench sweep [status|best] [study=NAME] [space=NAME|PATH] [stor
   study=NAME             study name (default: METHOD-SPACE); status and best find it by this name
   storage=URL            Optuna storage (default: sqlite:///<results.dir>/studies.db); PostgreSQL or MySQL
                          URLs for many machines, journal:PATH for a journal file on a shared filesystem
-  n_trials=12            trials to complete in the study, over all workers together
+  n_trials=12            trials to complete in the study, over all workers together (a grid space: its size)
   sampler_seed=0         seed of the TPE sampler
   heartbeat=10           seconds between trial heartbeats; a trial silent for 3 heartbeats is failed and re-queued
   --workers N            N worker processes on this machine (run the same command elsewhere to add machines)
@@ -40,7 +41,7 @@ def parse(args: list[str]) -> tuple[str, dict, list[str], int, list[str]]:
         at = args.index("--workers")
         workers = whole_number("--workers", args[at + 1] if at + 1 < len(args) else "", 1)
         args = args[:at] + args[at + 2:]
-    options = {"space": "reward_vs_cfg", "n_trials": 12, "sampler_seed": 0, "heartbeat": 10}
+    options = {"space": "reward_vs_cfg", "sampler_seed": 0, "heartbeat": 10}
     run_args = []
     for arg in args:
         key, sep, value = arg.partition("=")
@@ -82,7 +83,7 @@ def sweep_main(args: list[str]) -> int:
     trial_args = [a for a in run_args if not a.startswith("method=")]
     space = load_space(options["space"], [f"method={method}", *trial_args])
     study = studies.create_study(storage, name, space, method, trial_args, options["sampler_seed"])
-    n_trials = options["n_trials"]
+    n_trials = options.get("n_trials") or (math.prod(len(v) for v in space.grid.values()) if space.grid else 12)
     started = time.perf_counter()
     if workers == 1:
         work_here(study, space, trial_args, n_trials, store, method, studies.lock_path(url))

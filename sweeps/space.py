@@ -4,6 +4,10 @@
     params:     {method.alpha_rew: {low: 0.02, high: 50, log: true}, method.estimator: {choices: [exact, sim]}}
     fixed:      {train.steps: 400}
 
+or, to visit every combination of given values once (Optuna's grid sampler), every parameter as a grid:
+
+    params:     {method.alpha_rew: {grid: [0.05, 0.5, 5]}}
+
 Any `bench run` key can be searched or fixed. A space is checked completely before any trial starts.
 """
 
@@ -29,8 +33,11 @@ class Param:
     high: float | None = None
     log: bool = False
     choices: list | None = None
+    grid: list | None = None
 
     def suggest(self, trial):
+        if self.grid is not None:
+            return trial.suggest_categorical(self.key, self.grid)
         if self.choices is not None:
             return trial.suggest_categorical(self.key, self.choices)
         if self.kind is int:
@@ -48,6 +55,11 @@ class SearchSpace:
     @property
     def directions(self) -> list[str]:
         return [direction for _, direction in self.objectives]
+
+    @property
+    def grid(self) -> dict[str, list] | None:
+        """The values of every parameter when the space is a grid, else None."""
+        return {p.key: p.grid for p in self.params} if self.params and self.params[0].grid is not None else None
 
 
 def space_path(name: str) -> Path:
@@ -91,9 +103,14 @@ def load_space(name: str, run_args: list[str]) -> SearchSpace:
         if key not in types:
             fail(f"unknown key '{key}'{did_you_mean(key, types)}")
         spec = spec or {}
+        if not isinstance(spec, dict):
+            fail(f"{key} needs a mapping such as {{low: 0.1, high: 10}}, {{choices: [a, b]}} or {{grid: [1, 2]}}")
         param = Param(key, types[key], spec.get("low"), spec.get("high"), bool(spec.get("log", False)),
-                      spec.get("choices"))
-        if param.choices is None:
+                      spec.get("choices"), spec.get("grid"))
+        if param.grid is not None:
+            if not isinstance(param.grid, list) or not param.grid:
+                fail(f"{key} has an empty grid; give a list of values")
+        elif param.choices is None:
             if param.low is None or param.high is None:
                 fail(f"{key} needs low and high (or choices)")
             if not param.low < param.high:
@@ -105,13 +122,15 @@ def load_space(name: str, run_args: list[str]) -> SearchSpace:
         if any(arg.partition("=")[0] == key for arg in run_args):
             raise UsageError(f"{key} is searched by the space {path.name}; drop it from the command line")
         # Both ends (or every choice) must be valid run settings: catch a range the schema forbids now.
-        ends = param.choices if param.choices is not None else [param.low, param.high]
+        ends = param.grid or param.choices or [param.low, param.high]
         for value in ends:
             try:
                 build_config([*run_args, f"{key}={value}"], base=base)
             except UsageError as err:
                 fail(f"{key}={value} is outside what bench run accepts: {err}")
         params.append(param)
+    if len({p.grid is None for p in params}) > 1:
+        fail("either every parameter is a grid or none is (a grid sampler visits whole combinations)")
     if any(metric.endswith("_star") for metric, _ in objectives) and not closed_form(cfg):
         fail("*_star metrics need a reward with a closed-form optimum (linear or quadratic)")
     return SearchSpace(path.stem, objectives, params, fixed)

@@ -29,6 +29,14 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler under ask and tell: our trial count says when a study is done, so a visited grid
+    does not call Study.stop(), which only works inside optimize()."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 def default_storage(results_dir) -> str:
     root = Path(results_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -50,11 +58,14 @@ def open_storage(url: str, heartbeat: int):
 
 
 def lock_path(url: str) -> Path | None:
-    """A lock file beside a file-based storage; server storages (PostgreSQL, MySQL) have none."""
-    if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///") + ".lock")
-    if url.startswith("journal:"):
-        return Path(url.removeprefix("journal:") + ".lock")
+    """Our trial-claim lock beside a file-based storage; server storages (PostgreSQL, MySQL) have none.
+
+    Not `<file>.lock`: that is the name of Optuna's own lock for journal files, which would wait out its grace
+    period on ours and then delete it.
+    """
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix):
+            return Path(url.removeprefix(prefix) + ".claims.lock")
     return None
 
 
@@ -75,7 +86,8 @@ def create_study(storage, name: str, space: SearchSpace, method: str, run_args: 
     identity = {"method": method, "space": space.name, "run_args": run_args}
     study = optuna.create_study(
         storage=storage, study_name=name, directions=space.directions, load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=(GridSampler(space.grid, seed=seed) if space.grid
+                 else optuna.samplers.TPESampler(seed=seed)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
     )
     saved = study.user_attrs.get("identity")

@@ -23,15 +23,16 @@ APP = str(ROOT / "dashboard" / "app.py")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboard") / "results"
+    small = ["backend.image_size=4", "backend.prompts=4", "backend.hidden=64"]
     for args in (["method=di_pp", "seed=0"], ["method=di_pp", "seed=1"], ["method=kl_rlhf", "seed=0"]):
-        assert main(["run", "preset=smoke", f"results.dir={root}", *args]) == 0
-    assert main(["run", "preset=smoke", "method=toy_methods:Explodes", f"results.dir={root}"]) == 1
+        assert main(["run", "preset=smoke", f"results.dir={root}", *small, *args]) == 0
+    assert main(["run", "preset=smoke", "method=toy_methods:Explodes", f"results.dir={root}", *small]) == 1
     kl_run = next(r["id"] for r in Store(root).rows() if r["method"] == "kl_rlhf" and r["study"] is None)
     assert main(["eval", f"run={kl_run}", "n=8", f"results.dir={root}"]) == 0
-    assert main(["sweep", "method=di_pp", "study=tiny", "n_trials=3", "train.steps=30", "backend.hidden=64",
+    assert main(["sweep", "method=di_pp", "study=tiny", "n_trials=3", "train.steps=30", *small,
                  f"results.dir={root}"]) == 0
     assert main(["sweep", "method=kl_rlhf", "space=reward_vs_nll", "study=front", "n_trials=4", "train.steps=30",
-                 "backend.hidden=64", f"results.dir={root}"]) == 0
+                 *small, f"results.dir={root}"]) == 0
     (root / "runs" / "broken-run").mkdir()
     (root / "runs" / "broken-run" / "run.json").write_text("{not json")
     return root
@@ -96,10 +97,12 @@ def test_run_page_shows_curves_grids_and_per_prompt_scores(app, store):
     assert kinds.count("vega_lite_chart") >= 6
     assert "image" in kinds
     assert at.select_slider[0].value == build_config(["preset=smoke"]).train.steps  # the last grid
+    captions = Store(store).get(run_id).config["backend"]["prompts"]
     per_prompt = at.table[0].value
-    assert len(per_prompt) == 8 and per_prompt["caption"].iloc[0] == "a red circle"
+    assert len(per_prompt) == captions and per_prompt["caption"].iloc[0] == "a red circle"
     evaluation = at.table[1].value  # the bench eval of this run, with its per-prompt scores
-    assert len(evaluation) == 8 and "Evaluation analytic-n8-seed0" in " ".join(str(s.value) for s in at.subheader)
+    assert len(evaluation) == captions
+    assert "Evaluation analytic-n8-seed0" in " ".join(str(s.value) for s in at.subheader)
 
 
 def test_compare_page_shows_deltas_against_the_first_run(app, store):

@@ -6,8 +6,8 @@ import signal
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from bench.cli import main
 from bench.config import build_config
@@ -16,7 +16,7 @@ from bench.provenance import file_sha256
 from bench.rewards import SCORERS
 from bench.store import Store
 from bench.store.files import read_jsonl
-from bench.train.trainer import EMA_FILE
+from bench.train.checkpoint import EMA_FILE
 
 from conftest import ROOT, bench, bench_process, wait_until
 from random_weights import write_inception, write_weights
@@ -117,8 +117,7 @@ def test_eval_refuses_to_mix_protocols_after_the_checkpoint_changes(results, tra
     assert main(["eval", f"run={trained}", "n=2", f"results.dir={results}"]) == 0
     assert main(["eval", f"run={trained}", "n=2", f"results.dir={results}"]) == 0  # same protocol: a no-op
     ema_file = results / "runs" / trained / "checkpoints" / "latest" / EMA_FILE
-    ema = torch.load(ema_file, weights_only=True)
-    torch.save({k: v + 0.01 for k, v in ema.items()}, ema_file)
+    save_file({k: v + 0.01 for k, v in load_file(ema_file).items()}, ema_file)
     capsys.readouterr()
     assert main(["eval", f"run={trained}", "n=2", f"results.dir={results}"]) == 2
     assert "holds an evaluation under another protocol" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from bench.store import Store
 from conftest import bench, bench_process, wait_until
 
 # Short trials: the machinery is under test here, the maths elsewhere.
-FAST = ["backend.hidden=64", "train.batch_size=64", "eval.samples=256"]
+FAST = ["backend.image_size=4", "backend.prompts=4", "backend.hidden=64", "train.batch_size=64", "eval.samples=256"]
 
 
 def storage_of(results):

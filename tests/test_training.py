@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from bench.cli import main
 from bench.store import Store
 from bench.store.files import read_jsonl
-from bench.train.trainer import FAKE_PHASE, GENERATOR_FILE, PROGRESS_FILE, last_checkpoint
+from bench.train.checkpoint import GENERATOR_FILE, last_checkpoint, progress
+from bench.train.trainer import FAKE_PHASE
 
 from conftest import bench, bench_process, wait_until
 from world_checks import trainer_for
@@ -101,5 +102,5 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(result
     assert "non-finite loss_gen (nan) at step 26" in row["message"]
     assert "non-finite loss_gen" in capsys.readouterr().err
     checkpoint = last_checkpoint(Store(results).get(row["id"]))
-    assert torch.load(checkpoint / PROGRESS_FILE, weights_only=True)["step"] == 20
+    assert progress(checkpoint)["step"] == 20
     assert all(torch.isfinite(p).all() for p in load_file(checkpoint / GENERATOR_FILE).values())

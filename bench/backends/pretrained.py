@@ -208,7 +208,9 @@ class PretrainedBackend:
             rewards.append(self.reward_model(batch, [self.captions[int(i)] for i in rows]).float().cpu())
         return torch.cat(pixels), torch.cat(rewards)
 
-    def evaluate(self, generator: nn.Module, total: int, seed: int) -> tuple[dict[str, float], list[dict]]:
+    def evaluate(self, generator: nn.Module, total: int, seed: int,
+                 exact_kl: bool = False) -> tuple[dict[str, float], list[dict]]:
+        """The reward on the evaluation prompts; a real model has no exact density, so no KL."""
         prompts = self.eval_prompts()
         per_prompt = max(1, total // len(prompts))
         _, rewards = self.images(generator, [p for p in prompts for _ in range(per_prompt)], seed)

@@ -3,7 +3,7 @@
     runs/<id>/evals/<eval id>/protocol.json   what is measured and how (written first; a rerun must match it)
                               images/<index:05d>.png, or images/<style>/<k:05d>.jpg for styled sets
                                                         (the layout hpsv2.evaluate reads: k counts per style)
-                              samples/<first index>.pt  full-precision analytic samples, for the exact metrics
+                              samples/<first index>.safetensors  full-precision analytic samples, for the exact metrics
                               scores.jsonl              one line an image: index, prompt, seed, scores
                               summary.json              protocol, metrics, per-prompt scores, provenance
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from bench.diffusion import image_noise, noise_generator
@@ -28,7 +29,7 @@ from bench.errors import UsageError
 from bench.eval.prompts import PromptSet, load_prompt_set
 from bench.provenance import folder_sha256, provenance
 from bench.store import Run, Store
-from bench.store.files import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_jsonl
+from bench.store.files import atomic_write_bytes, atomic_write_json, read_jsonl
 
 
 @dataclass
@@ -73,7 +74,7 @@ class AnalyticSource:
         if request.n < 2:
             raise UsageError("n must be at least 2 for an analytic-world run (the exact metrics need two samples "
                              "a caption)")
-        from bench.train.trainer import last_checkpoint, load_ema_generator
+        from bench.train.checkpoint import last_checkpoint, load_ema_generator
 
         self.run, self.cfg = run, config_from_dict(run.config)
         self.backend = build_backend(self.cfg, torch.device("cpu"))
@@ -96,16 +97,21 @@ class AnalyticSource:
         cond = torch.tensor(prompt_ids)
         x = self.generator(torch.stack([image_noise(self.backend.shape, seed, i) for i in indices]), cond)
         (folder / "samples").mkdir(exist_ok=True)
-        atomic_torch_save(folder / "samples" / f"{indices[0]:05d}.pt", {"index": torch.tensor(indices), "x": x})
+        atomic_write_bytes(folder / "samples" / f"{indices[0]:05d}.safetensors",
+                           save({"index": torch.tensor(indices), "x": x.contiguous()}))
         pil = [self.backend.to_pil(image) for image in x]
         return (x.clamp(-1, 1) + 1) / 2, pil, self.backend.image_scores(x, cond)
 
     def exact_metrics(self, folder: Path, total: int, per_prompt: int, seed: int):
         samples = torch.zeros(total, *self.backend.shape)
-        for path in sorted((folder / "samples").glob("*.pt")):
-            chunk = torch.load(path, weights_only=True)
+        for path in sorted((folder / "samples").glob("*.safetensors")):
+            chunk = load_file(path)
             samples[chunk["index"]] = chunk["x"]
-        return self.backend.metrics_of(samples, torch.arange(total) // per_prompt, seed)
+        cond = torch.arange(total) // per_prompt
+        metrics, rows = self.backend.metrics_of(samples, cond, seed)
+        noise = torch.stack([image_noise(self.backend.shape, seed, i) for i in range(total)])
+        self.backend.add_exact_kl(self.generator, noise, cond, metrics, rows)
+        return metrics, rows
 
 
 class PipelineSource:

@@ -22,22 +22,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def fsync_folder(folder: Path) -> None:
+    """Make a folder's entries (new names, renames) durable, as fsync does for a file's bytes."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_json(path: Path, data) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
-def atomic_torch_save(path: Path, state: dict) -> None:
-    import io
-
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def replace_folder(new: Path, target: Path) -> None:
-    """Put the complete folder `new` at `target`: the old one stays until the new one is in place."""
+    """Put the complete folder `new` at `target`: the old one stays (as .NAME.old) until the new one is in place
+    on disk, so a crash at any moment leaves one whole folder to read."""
     import shutil
 
     old = target.with_name(f".{target.name}.old")
@@ -45,6 +45,7 @@ def replace_folder(new: Path, target: Path) -> None:
     if target.exists():
         os.replace(target, old)
     os.replace(new, target)
+    fsync_folder(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -16,12 +16,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from bench.backends import build_backend
@@ -32,10 +30,8 @@ from bench.method import GeneratorBatch
 from bench.provenance import folder_sha256, provenance
 from bench.store import Run, Store
 from bench.store.files import replace_folder
+from bench.train import checkpoint
 
-# Where accelerate's save_state puts what the evaluation of a checkpoint needs (its first model, then the
-# objects registered for checkpointing in order: the EMA, the progress counters).
-GENERATOR_FILE, EMA_FILE, PROGRESS_FILE = "model.safetensors", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"
 FAKE_PHASE, GENERATOR_PHASE = 0, 1
 
 
@@ -74,25 +70,16 @@ class EMA:
         for name, p in trainable(module):
             p.copy_(params[name])
 
-    def state_dict(self) -> dict:
-        return dict(self.params)
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, value in state.items():
+    def load(self, params: dict) -> None:
+        for name, value in params.items():
             self.params[name].copy_(value)
 
 
 class Progress:
-    """The counters a checkpoint carries besides the networks and optimisers."""
+    """The counters a checkpoint carries besides the networks, optimisers and EMA."""
 
     def __init__(self):
         self.step, self.wall = 0, 0.0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "wall": self.wall}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.wall = int(state["step"]), float(state["wall"])
 
 
 def trainable(module: torch.nn.Module):
@@ -125,6 +112,7 @@ class Trainer:
         self.backend = build_backend(cfg, self.device)
         self.schedule = self.backend.schedule
         generator, fake = self.backend.generator, self.backend.fake
+        self.start = self.start_run() if cfg.init else None  # checked now: a bad init= creates no run
         self.ema = EMA(generator, cfg.train.ema)
         betas = (cfg.train.beta1, cfg.train.beta2)
         opt_gen = torch.optim.Adam([p for _, p in trainable(generator)], lr=cfg.train.lr_gen, betas=betas)
@@ -132,7 +120,16 @@ class Trainer:
         self.generator, self.fake, self.opt_gen, self.opt_fake = accelerator.prepare(generator, fake, opt_gen,
                                                                                      opt_fake)
         self.counters = Progress()
-        accelerator.register_for_checkpointing(self.ema, self.counters)
+
+    def start_run(self) -> Run:
+        """The finished run that `init=` names, checked to have trained the same backend."""
+        run = Store(self.cfg.results.dir).get(self.cfg.init)
+        ours, theirs = self.cfg.to_dict()["backend"], run.config["backend"]
+        if ours != theirs:
+            differ = ", ".join(f"backend.{k}" for k in sorted(ours) if ours.get(k) != theirs.get(k))
+            raise UsageError(f"init={run.id} trained another backend ({differ} differ); start from a run of the same "
+                             "world or model, or give those keys its values")
+        return run
 
     @property
     def step(self) -> int:
@@ -178,7 +175,13 @@ class Trainer:
 
     # -- updates ------------------------------------------------------------------------------------------
 
+    def fake_updates(self, count: int) -> dict:
+        """`count` fake-score updates, each on a batch of its own (see draw)."""
+        logs = [self.fake_update(update) for update in range(count)]
+        return {key: torch.stack([log[key] for log in logs]).mean() for key in logs[0]}
+
     def fake_update(self, update: int = 0) -> dict:
+        """Denoising score matching of the fake score on fresh generator samples (drawn without gradient)."""
         d = self.draw(FAKE_PHASE, update)
         with self.autocast():
             with torch.no_grad():
@@ -239,14 +242,18 @@ class Trainer:
         self.accelerator.save_state(str(partial))
         self.accelerator.wait_for_everyone()
         if self.main:
+            checkpoint.write_extras(partial, self.ema.params, self.step, self.counters.wall)
             replace_folder(partial, folder)
         self.accelerator.wait_for_everyone()
 
     def restore(self) -> bool:
-        folder = last_checkpoint(self.run)
+        folder = checkpoint.last_checkpoint(self.run)
         if folder is None:
             return False
-        self.accelerator.load_state(str(folder))
+        self.accelerator.load_state(str(folder))  # safetensors models, weights-only optimiser states
+        self.ema.load(checkpoint.ema_weights(folder))
+        state = checkpoint.progress(folder)
+        self.counters.step, self.counters.wall = int(state["step"]), float(state["wall"])
         if self.main:
             self.run.truncate_log(self.step)
             for grid in (self.run.dir / "samples").glob("step_*.png"):
@@ -264,8 +271,7 @@ class Trainer:
     def step_once(self) -> dict:
         """One step: K fake-score updates on K fresh batches, one generator update, the EMA. Returns the
         step's logs, averaged over ranks and checked for non-finite values."""
-        fake = [self.fake_update(update) for update in range(self.method.fake_steps)]
-        logs = {key: torch.stack([f[key] for f in fake]).mean() for key in fake[0]}
+        logs = self.fake_updates(self.method.fake_steps)
         logs.update(self.generator_update())
         self.counters.step += 1
         logs = self.guard(logs)
@@ -280,7 +286,9 @@ class Trainer:
         with self.ema.applied(self.unwrapped(self.generator)) as generator:
             generator.eval()
             with self.autocast():
-                metrics, per_prompt = self.backend.evaluate(generator, cfg.samples, cfg.seed)
+                # The exact KL costs a Jacobian a sample: at the first and last evaluations only.
+                metrics, per_prompt = self.backend.evaluate(generator, cfg.samples, cfg.seed,
+                                                            exact_kl=self.step in (0, self.cfg.train.steps))
                 if cfg.grid:
                     self.backend.save_grid(generator, self.run.dir / "samples" / f"step_{self.step:06d}.png")
             generator.train()
@@ -293,6 +301,10 @@ class Trainer:
         train, counters = self.cfg.train, self.counters
         resumed = self.restore()
         if not resumed:
+            if self.start is not None:
+                generator = self.unwrapped(self.generator)
+                checkpoint.load_start(self.start, generator, self.unwrapped(self.fake))
+                self.ema = EMA(generator, self.cfg.train.ema)
             self.save()
             self.evaluate()
         bar = tqdm(total=train.steps, initial=self.step, desc=f"{self.method.name} {self.run.id}", unit="step",
@@ -354,6 +366,7 @@ class Trainer:
             "protocol": {
                 "backend": config["backend"], "eval_samples": self.cfg.eval.samples,
                 "eval_seed": self.cfg.eval.seed, "generator": "ema" if self.cfg.train.ema else "raw",
+                "init": self.cfg.init or None,
             },
             "distributed": {"strategy": self.accelerator.distributed_type.value, "processes": self.ranks,
                             "batch_per_process": self.cfg.train.batch_size // self.ranks,
@@ -362,25 +375,6 @@ class Trainer:
             "checkpoint_sha256": folder_sha256(self.run.checkpoint_dir),
             "provenance": provenance(config, str(self.device)),
         }
-
-
-def last_checkpoint(run: Run) -> Path | None:
-    """The newest complete checkpoint; the previous one if a crash came in the middle of swapping them."""
-    folder = run.checkpoint_dir
-    for candidate in (folder, folder.with_name(f".{folder.name}.old")):
-        if (candidate / PROGRESS_FILE).exists():
-            return candidate
-    return None
-
-
-def load_ema_generator(run: Run, generator: torch.nn.Module) -> int:
-    """Load a run's checkpointed generator with its EMA weights into `generator`; returns the step."""
-    folder = last_checkpoint(run)
-    if folder is None:
-        raise UsageError(f"run {run.id} has no checkpoint to evaluate (looked in {run.checkpoint_dir})")
-    generator.load_state_dict(load_file(folder / GENERATOR_FILE))
-    EMA.copy_to(generator, torch.load(folder / EMA_FILE, map_location="cpu", weights_only=True))
-    return int(torch.load(folder / PROGRESS_FILE, weights_only=True)["step"])
 
 
 def scalars(record: dict) -> dict:
