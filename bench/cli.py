@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"bench: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `bench runs list | head` closed the pipe: nothing left to say to anyone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def wants_help(args: list[str]) -> bool:
@@ -51,7 +54,8 @@ def show_progress() -> bool:
 
 
 def whole_number(key: str, text: str, low: int = 0) -> int:
-    if not text.isdigit() or int(text) < low:
+    # isdigit() alone accepts '²' and other Unicode digits that int() refuses.
+    if not (text.isascii() and text.isdigit()) or int(text) < low:
         raise UsageError(f"{key} must be a whole number of at least {low}, got '{text}'")
     return int(text)
 
@@ -92,23 +96,38 @@ def cmd_run(args: list[str]) -> int:
         run = store.latest() if cfg.resume == "latest" else store.get(cfg.resume)
         if run.info["status"] == "finished":
             raise UsageError(f"run {run.id} has already finished; nothing to resume")
-        device = cfg.device
-        cfg = config_from_dict(run.config)
-        cfg.results.dir, cfg.device = str(store.root), device
-        check_device(cfg)
-        trainer = new_trainer(cfg, None)
+        with writer(run, main_process()):  # taken first: a second resume of a live run stops here
+            device = cfg.device
+            cfg = config_from_dict(run.config)
+            cfg.results.dir, cfg.device = str(store.root), device
+            check_device(cfg)
+            trainer = new_trainer(cfg, None)
 
-        def reopen():
-            run.update(status="running", message="")
-            return run
+            def reopen():
+                run.update(status="running", message="")
+                return run
 
-        trainer.attach(reopen)
-        return train_run(trainer)
+            trainer.attach(reopen)
+            return train_run(trainer)
     check_device(cfg)
     # Models and reward weights load before the run exists, so a missing file leaves no empty run behind.
     trainer = new_trainer(cfg, None)
     trainer.attach(lambda: store.create(cfg.to_dict()))
-    return train_run(trainer)
+    with writer(trainer.run, trainer.main):
+        return train_run(trainer)
+
+
+def main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def writer(run, main: bool):
+    """The run's writer lock, held by the process that writes to the store (one, also under accelerate)."""
+    import contextlib
+
+    return run.writing() if main else contextlib.nullcontext()
 
 
 def check_device(cfg) -> None:
@@ -133,9 +152,17 @@ def new_trainer(cfg, run):
 
 
 def train_run(trainer) -> int:
+    import contextlib
+    import signal
+
     from bench.train.trainer import Diverged
 
     run, main = trainer.run, trainer.main  # only the main process writes to the store and prints
+
+    def terminated(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)  # a cluster's stop is a Ctrl-C: the run is marked, not left running
     try:
         summary = trainer.fit()
     except Diverged as err:
@@ -143,11 +170,19 @@ def train_run(trainer) -> int:
             run.fail(str(err))
             print(f"bench: run {run.id} failed: {err}\n  folder: {run.dir}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if main:
-            run.fail(f"interrupted at step {trainer.step}")
+            run.update(status="interrupted", message=f"{err or 'Ctrl-C'} at step {trainer.step}")
             print(f"\nbench: run {run.id} interrupted; continue it with: bench run resume={run.id}", file=sys.stderr)
         return 130
+    except Exception as err:
+        if main:
+            with contextlib.suppress(OSError):  # a full disk may refuse this too; the lock then says interrupted
+                run.fail(f"{type(err).__name__}: {err}")
+        if isinstance(err, OSError):  # the machine's fault, not ours: one line
+            print(f"bench: run {run.id} failed: {err}\n  folder: {run.dir}", file=sys.stderr)
+            return 1
+        raise
     if main:
         run.finish(summary)
         print(report(summary, run))
@@ -155,16 +190,21 @@ def train_run(trainer) -> int:
 
 
 def report(summary: dict, run) -> str:
-    from bench.eval import METRICS
+    from bench.eval import METRIC_LABELS, METRICS
 
     lines = [f"run {run.id} finished: {summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['method']}, "
              f"reward {summary['reward']})"]
     optimum = summary.get("optimum") or {}
-    lines.append(f"  {'metric':<10}{'start':>10}{'end':>10}{'optimum p*':>12}")
+    width = max(len(METRIC_LABELS[key]) for key in METRICS) + 2
+    lines.append(f"  {'metric':<{width}}{'start':>12}{'end':>12}{'KL optimum p*':>15}")
     for key in METRICS:
         if key in summary["metrics"]:
-            target = f"{optimum[key]:>12.4g}" if key in optimum else ""
-            lines.append(f"  {key:<10}{summary['initial'][key]:>10.4g}{summary['metrics'][key]:>10.4g}{target}")
+            target = f"{optimum[key]:>15.4g}" if key in optimum else ""
+            lines.append(f"  {METRIC_LABELS[key]:<{width}}{summary['initial'][key]:>12.4g}"
+                         f"{summary['metrics'][key]:>12.4g}{target}")
+    if optimum and summary["method"] != "kl_rlhf":
+        lines.append(f"  p* ~ p_ref exp(alpha_rew r) is the optimum of KL-RLHF, not of {summary['method']}: distances "
+                     "to it say how far from that law a run ends, not how well its own objective is met.")
     lines.append(f"  folder: {run.dir}")
     return "\n".join(lines)
 
@@ -282,8 +322,9 @@ def cmd_dashboard(args: list[str]) -> int:
             options[arg] = rest.pop(0)
         else:
             raise UsageError(f"bench dashboard takes --results DIR, --port N and --address HOST, got '{arg}'")
-    if not options["--port"].isdigit() or not 0 < int(options["--port"]) < 65536:
-        raise UsageError(f"--port must be a port number from 1 to 65535, got '{options['--port']}'")
+    port = options["--port"]
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise UsageError(f"--port must be a port number from 1 to 65535, got '{port}'")
     root = Path(options["--results"]).resolve()
     if not root.is_dir():
         raise UsageError(f"no results store at {root}; run bench run first or point --results at one")

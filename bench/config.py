@@ -14,7 +14,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from bench.errors import UsageError, did_you_mean
+from bench.errors import UsageError, did_you_mean, yaml_problem
 from bench.rewards import SCORERS, parse_reward, reward_text
 from bench.rewards.analytic import ANALYTIC_REWARDS
 from bench.store.runs import default_root
@@ -179,8 +179,17 @@ def load_preset(name: str) -> list[tuple[str, str]]:
     if not path.is_file():
         names = [p.stem for p in PRESET_DIR.glob("*.yaml")]
         raise UsageError(f"unknown preset '{name}'{did_you_mean(name, names)}")
-    data = yaml.safe_load(path.read_text()) or {}
-    return [(key, str(value)) for key, value in flatten(data).items()]
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"preset {path} is not valid YAML: {yaml_problem(err)}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"preset {path} must be a mapping of settings such as train: {{steps: 60}}")
+    flat = flatten(data)
+    empty = [key for key, value in flat.items() if value is None]
+    if empty:
+        raise UsageError(f"preset {path}: {empty[0]} has no value")
+    return [(key, str(value)) for key, value in flat.items()]
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
@@ -194,14 +203,13 @@ def flatten(data: dict, prefix: str = "") -> dict:
 
 
 def build_config(args: list[str], *, base: list[str] = ()) -> RunConfig:
-    """Resolve defaults < base < preset < command line into a validated RunConfig.
-
-    `base` is a layer below the command line that it may override (a sweep's fixed settings); within one
-    layer a key given twice with two values is a mistake.
+    """Resolve the layers into a validated RunConfig. Later layers win: the defaults, `preset=NAME` (a bundle of
+    defaults), `base` (a sweep's fixed settings), the command line. Within one layer a key given twice with two
+    values is a mistake.
     """
     pairs = split_overrides(args)
     preset = [value for key, value in pairs if key == "preset"]
-    ordered = split_overrides(list(base)) + (load_preset(preset[0]) if preset else [])
+    ordered = (load_preset(preset[0]) if preset else []) + split_overrides(list(base))
     ordered += [(k, v) for k, v in pairs if k != "preset"]
     names = {"method": DEFAULT_METHOD, "backend": DEFAULT_BACKEND}
     for key, value in ordered:
@@ -232,9 +240,15 @@ def new_config(method: str, backend: str) -> RunConfig:
 
 def config_from_dict(data: dict) -> RunConfig:
     """Rebuild a RunConfig saved with a run (resume, sweeps)."""
+    return build_config(config_args(data))
+
+
+def config_args(data: dict) -> list[str]:
+    """key=value arguments that rebuild a saved configuration exactly (numbers at full precision)."""
     names = [f"{section}={data[section]['name']}" for section in PLUGINS]
-    args = [f"{key}={value}" for key, value in flatten(data).items() if key not in (f"{s}.name" for s in PLUGINS)]
-    return build_config([*names, *args])
+    flat = {k: v for k, v in flatten(data).items() if k not in (f"{s}.name" for s in PLUGINS)}
+    return [*names, *(f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}"
+                      for key, value in flat.items())]
 
 
 def help_text(method_name: str = DEFAULT_METHOD, backend_name: str = DEFAULT_BACKEND) -> str:

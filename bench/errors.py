@@ -14,3 +14,10 @@ def did_you_mean(word: str, choices) -> str:
     if close:
         return f"; did you mean '{close[0]}'?"
     return f"; choose from: {', '.join(choices)}"
+
+
+def yaml_problem(err) -> str:
+    """A YAML parse error on one line: what is wrong and where (PyYAML's own message spans several)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(err, 'problem', None) or str(err).splitlines()[0]}{where}"

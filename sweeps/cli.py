@@ -65,23 +65,25 @@ def sweep_main(args: list[str]) -> int:
     from sweeps import study as studies
 
     store, _ = store_from(run_args)
-    url = options.get("storage") or studies.default_storage(store.root)
-    storage = studies.open_storage(url, options["heartbeat"])
     method = next((a.partition("=")[2] for a in run_args if a.startswith("method=")), DEFAULT_METHOD)
     # The same name the space will carry (its file's stem), so status and best find the study by it.
     name = options.get("study") or f"{method}-{Path(options['space']).stem}"
+    default = studies.default_storage(store.root)
+    url = options.get("storage") or default
 
-    if action == "status":
-        print(status_text(studies.load_study(storage, name), url))
-        return 0
-    if action == "best":
-        print(best_text(studies.load_study(storage, name)))
+    if action in ("status", "best"):
+        if url == default and not (store.root / "studies.db").exists():
+            raise UsageError(f"no studies in {store.root} yet; start one with bench sweep method=NAME")
+        study = studies.load_study(studies.open_storage(url, options["heartbeat"]), name)
+        print(status_text(study, url) if action == "status" else best_text(study))
         return 0
 
     from sweeps.space import load_space
 
     trial_args = [a for a in run_args if not a.startswith("method=")]
-    space = load_space(options["space"], [f"method={method}", *trial_args])
+    space = load_space(options["space"], [f"method={method}", *trial_args])  # all checked before anything is written
+    store.root.mkdir(parents=True, exist_ok=True)
+    storage = studies.open_storage(url, options["heartbeat"])
     study = studies.create_study(storage, name, space, method, trial_args, options["sampler_seed"])
     n_trials = options.get("n_trials") or (math.prod(len(v) for v in space.grid.values()) if space.grid else 12)
     started = time.perf_counter()
@@ -125,9 +127,9 @@ def spawn_workers(worker_args: list[str], workers: int) -> None:
         raise UsageError(f"a sweep worker exited with code {max(codes)}; bench sweep status shows the trials")
 
 
-def settings(params: dict, digits: int = 4) -> list[str]:
-    """key=value words for parameters; floats to `digits` significant digits."""
-    return [f"{k}={v:.{digits}g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()]
+def settings(params: dict) -> list[str]:
+    """key=value words for showing parameters; floats to 4 significant digits."""
+    return [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()]
 
 
 def status_text(study, url: str) -> str:
@@ -159,10 +161,11 @@ def best_text(study) -> str:
     lines = [f"{title} of study {study.study_name}:"]
     for t in best:
         values = ", ".join(f"{m}={v:.4g}" for m, v in zip(objectives, t.values, strict=True))
-        # The same layers as the trial (space's fixed < command line < searched), each key once.
+        # The trial's layers in their order (preset < space's fixed < command line < searched), each key once and
+        # every searched value at full precision: the line trains exactly the trial's run.
         layers = {"method": identity["method"], **fixed}
         layers.update(arg.partition("=")[::2] for arg in identity["run_args"])
-        layers.update(arg.partition("=")[::2] for arg in settings(t.params, digits=6))
+        layers.update({key: repr(value) for key, value in t.params.items()})
         command = ["bench run", *(f"{k}={v}" for k, v in layers.items())]
         lines += [f"  trial {t.number}: {values}", f"    {' '.join(command)}"]
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from bench.config import build_config, leaf_fields
-from bench.errors import UsageError, did_you_mean
+from bench.errors import UsageError, did_you_mean, yaml_problem
 from bench.eval import METRICS
 
 SPACE_DIR = Path(__file__).parent
@@ -78,16 +78,23 @@ def load_space(name: str, run_args: list[str]) -> SearchSpace:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UsageError(f"search space {path} is not valid YAML: {err}") from None
+        raise UsageError(f"search space {path} is not valid YAML: {yaml_problem(err)}") from None
 
     def fail(message: str):
         raise UsageError(f"search space {path.name}: {message}")
 
+    if not isinstance(data, dict):
+        fail("must be a mapping with the sections objectives, params and fixed")
     unknown = set(data) - {"objectives", "params", "fixed"}
     if unknown:
         fail(f"unknown section '{sorted(unknown)[0]}'; use objectives, params and fixed")
+    for section, kind in (("objectives", list), ("params", dict), ("fixed", dict)):
+        if data.get(section) is not None and not isinstance(data[section], kind):
+            fail(f"{section} must be a {'list' if kind is list else 'mapping'}, got {type(data[section]).__name__}")
     objectives = []
     for entry in data.get("objectives") or fail("needs at least one objective"):
+        if not isinstance(entry, dict):
+            fail(f"each objective is a mapping such as {{metric: reward, direction: maximize}}, got '{entry}'")
         metric, direction = entry.get("metric"), entry.get("direction", "minimize")
         if metric not in METRICS:
             fail(f"unknown metric '{metric}'{did_you_mean(str(metric), METRICS)}")
@@ -95,6 +102,9 @@ def load_space(name: str, run_args: list[str]) -> SearchSpace:
             fail(f"direction of {metric} must be minimize or maximize, got '{direction}'")
         objectives.append((metric, direction))
     fixed = {str(k): str(v) for k, v in (data.get("fixed") or {}).items()}
+    empty = [key for key, value in (data.get("fixed") or {}).items() if value is None]
+    if empty:
+        fail(f"fixed setting {empty[0]} has no value")
     base = [f"{k}={v}" for k, v in fixed.items()]
     cfg = build_config(run_args, base=base)
     types = {key: kind for key, _, _, kind in leaf_fields(cfg)}

@@ -38,16 +38,17 @@ class GridSampler(optuna.samplers.GridSampler):
 
 
 def default_storage(results_dir) -> str:
-    root = Path(results_dir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root}/studies.db"
+    return f"sqlite:///{Path(results_dir).resolve()}/studies.db"
 
 
 def open_storage(url: str, heartbeat: int):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        path = Path(url.removeprefix("journal:"))
+        if not path.parent.is_dir():
+            raise UsageError(f"storage={url}: the folder {path.parent} does not exist; create it or give another path")
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     try:
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
@@ -194,7 +195,7 @@ def run_trial(study, trial, space: SearchSpace, run_args: list[str], store: Stor
                 raise optuna.TrialPruned(f"pruned at step {step}: {metric} {metrics[metric]:.4g}")
 
     outcome = {"trial": trial.number, "run": run.id, "params": values}
-    with heartbeat(study, trial):
+    with heartbeat(study, trial), run.writing():
         try:
             summary = Trainer(cfg, run, progress=False, on_eval=report).fit()
         except optuna.TrialPruned as err:

@@ -4,7 +4,7 @@ import pytest
 
 from bench.cli import main
 
-from conftest import bench
+from conftest import ROOT, bench
 
 BAD = [
     (["run", "method=di_sta"], "unknown method 'di_sta'; did you mean 'di_star'?"),
@@ -39,19 +39,97 @@ BAD = [
     (["run", "method=nosuchmodule:Thing"], "cannot load method 'nosuchmodule:Thing'"),
     (["runs", "show", "nope"], "no run 'nope' in"),
     (["runs", "lst"], "unknown action 'runs lst'; did you mean 'list'?"),
-    (["runs", "list", "status=done"], "status=done is not a run status; use one of running, finished, failed, pruned"),
+    (["runs", "list", "status=done"],
+     "status=done is not a run status; use one of running, interrupted, finished, failed, pruned"),
     (["frobnicate"], "unknown command 'frobnicate'"),
+    (["run", "results.dir={file}"], "is a file, not a folder; point results.dir (or BENCH_RESULTS) at a folder"),
+    (["runs", "list", "results.dir={file}"], "is a file, not a folder"),
+    (["run", "train.steps=²"], "train.steps expects an integer, got '²'"),
+    (["sweep", "n_trials=²"], "n_trials must be a whole number of at least 1, got '²'"),
+    (["eval", "run=latest", "n=²"], "n must be a whole number of at least 1, got '²'"),
+    (["dashboard", "--port", "8٥01"], "--port must be a port number from 1 to 65535, got '8٥01'"),
+    (["sweep", "space={dir}/list.yaml"], "search space list.yaml: must be a mapping with the sections"),
+    (["sweep", "space={dir}/null_fixed.yaml"], "search space null_fixed.yaml: fixed setting train.steps has no value"),
+    (["sweep", "space={dir}/word_objectives.yaml"], "each objective is a mapping such as {metric: reward"),
+    (["sweep", "space={dir}/params_list.yaml"], "params must be a mapping, got list"),
+    (["sweep", "space={dir}/broken.yaml"], "is not valid YAML"),
+    (["sweep", "space=rewrd_vs_cfg"], "unknown search space 'rewrd_vs_cfg'; did you mean 'reward_vs_cfg'?"),
+    (["sweep", "storage=journal:{dir}/missing/j.log"], "the folder {dir}/missing does not exist"),
+    (["sweep", "status"], "no studies in"),
+    (["sweep", "best", "study=x"], "no studies in"),
+    (["run", "preset=not_a_mapping"], "must be a mapping of settings"),
+    (["run", "preset=empty_value"], "train.steps has no value"),
 ]
+SPACES = {
+    "list.yaml": "- objectives\n- params\n",
+    "null_fixed.yaml": "objectives: [{metric: reward, direction: maximize}]\n"
+                       "params: {method.alpha_rew: {low: 0.1, high: 1}}\nfixed: {train.steps: null}\n",
+    "word_objectives.yaml": "objectives: [reward]\nparams: {method.alpha_rew: {low: 0.1, high: 1}}\n",
+    "params_list.yaml": "objectives: [{metric: reward}]\nparams: [method.alpha_rew]\n",
+    "broken.yaml": "objectives: [\n",
+}
+PRESETS = {"not_a_mapping.yaml": "- train.steps\n", "empty_value.yaml": "train:\n  steps:\n"}
+
+
+@pytest.fixture
+def bad_files(tmp_path, monkeypatch):
+    """Files the bad invocations name: a plain file, malformed search spaces, and presets beside the real ones."""
+    import shutil
+
+    import bench.config
+
+    (tmp_path / "plain.txt").write_text("not a folder")
+    for name, text in SPACES.items():
+        (tmp_path / name).write_text(text)
+    presets = tmp_path / "presets"
+    shutil.copytree(bench.config.PRESET_DIR, presets)
+    for name, text in PRESETS.items():
+        (presets / name).write_text(text)
+    monkeypatch.setattr(bench.config, "PRESET_DIR", presets)
+    return {"file": tmp_path / "plain.txt", "dir": tmp_path}
+
+
+def fill(text: str, paths: dict) -> str:
+    return text.replace("{file}", str(paths["file"])).replace("{dir}", str(paths["dir"]))
 
 
 @pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_invocation(argv, message, results, capsys):
-    code = main([*argv, f"results.dir={results}"] if argv[0] in ("run", "runs") else argv)
+def test_bad_invocation(argv, message, results, capsys, bad_files):
+    argv = [fill(arg, bad_files) for arg in argv]
+    given = any(arg.startswith("results.dir=") for arg in argv)
+    code = main([*argv, f"results.dir={results}"] if argv[0] in ("run", "runs", "sweep") and not given else argv)
     err = capsys.readouterr().err
     assert code == 2
-    assert message in err
+    assert fill(message, bad_files) in err
     assert err.count("\n") == 1 and err.startswith("bench: error: ")
     assert not (results / "runs").exists() or not any((results / "runs").iterdir())
+    assert not (results / "studies.db").exists()  # a refused sweep leaves no study behind
+
+
+def test_without_network_a_hub_reward_is_refused_within_seconds(results):
+    """The hub client alone retries for a minute; the suite probes once (a closed local port here) and answers."""
+    import time
+
+    started = time.perf_counter()
+    proc = bench("run", "reward=hpsv2", results=results,
+                 env={"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(results / "hf")})
+    assert time.perf_counter() - started < 5
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "not in the Hugging Face cache" in proc.stderr and "huggingface-cli download xswu/HPSv2" in proc.stderr
+
+
+def test_a_closed_pipe_ends_quietly(results):
+    import subprocess
+    import sys
+
+    for seed in range(3):
+        assert main(["run", "preset=smoke", "train.steps=2", f"seed={seed}", f"results.dir={results}"]) == 0
+    listing = subprocess.Popen([sys.executable, "-m", "bench", "runs", "list", "--json", f"results.dir={results}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    listing.stdout.read(10)
+    listing.stdout.close()  # what `| head -c 10` does
+    assert listing.wait() == 0
+    assert b"Traceback" not in listing.stderr.read()
 
 
 def test_resume_refuses_to_change_a_saved_configuration(results, capsys):

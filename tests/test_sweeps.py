@@ -47,6 +47,20 @@ def test_sweep_finds_a_configuration_that_beats_the_default(results, capsys):
     assert len(linked) == 12 and {r["trial"] for r in linked} == set(range(12))
 
 
+def test_the_best_line_reproduces_its_trial_to_full_precision(results, capsys):
+    """One precedence rule for trials and for the printed line: a preset is the lowest explicit layer, so the
+    space's fixed keys beat preset=smoke in both."""
+    assert main(["sweep", "method=di_star", "study=again", "n_trials=2", "preset=smoke", f"results.dir={results}",
+                 *FAST]) == 0
+    study = optuna.load_study(study_name="again", storage=storage_of(results))
+    command = next(line.strip() for line in capsys.readouterr().out.splitlines()
+                   if line.strip().startswith("bench run")).split()[2:]
+    assert build_config(command).train.steps == 400  # the space's fixed value, not the preset's 60
+    assert main(["run", *command]) == 0
+    again = next(r for r in Store(results).rows() if r["study"] is None)
+    assert json.loads(again["summary"])["metrics"]["mmd_star"] == pytest.approx(study.best_value, rel=1e-6)
+
+
 def test_two_workers_complete_the_target_without_loss_or_duplicates(results):
     proc = bench("sweep", "method=di_pp", "study=pair", "n_trials=6", "--workers", "2", *FAST,
                  "train.steps=40", results=results, env={"OMP_NUM_THREADS": "1"})

@@ -15,3 +15,16 @@ class Explodes(Method):
         self.calls += 1
         scale = float("nan") if self.calls > 25 else 0.0
         return scale * b.x_t.flatten(1).sum(1)
+
+
+@dataclass
+class DiskFills(Method):
+    """DI++-like until step 5, then the disk is full: the run ends failed, with the reason, in one line."""
+
+    calls: int = 0
+
+    def regulariser(self, b: GeneratorBatch):
+        self.calls += 1
+        if self.calls > 5:
+            raise OSError(28, "No space left on device")
+        return 0.0 * b.x_t.flatten(1).sum(1)

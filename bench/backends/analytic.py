@@ -192,13 +192,17 @@ class AnalyticBackend:
 
     def add_exact_kl(self, generator: nn.Module, z: Tensor, cond: Tensor, metrics: dict, rows: list[dict]) -> None:
         """kl_ref, the exact KL(p_theta || p_ref) in nats, from the first eval.kl_samples noises of each caption
-        (a Jacobian a sample: about 10 ms each at 3 x 8 x 8)."""
+        (a Jacobian a sample: about 10 ms each at 3 x 8 x 8), over the samples where the generator is one to one;
+        kl_folded, the share of samples where it folds (left out of kl_ref: no single density holds there)."""
         if not self.kl_samples:
             return
         for row, caption in zip(rows, cond.unique().tolist(), strict=True):
-            first = z[cond == caption][: self.kl_samples]
-            row["kl_ref"] = float(log_density_ratio(generator, self.reference, first, caption).mean())
-        metrics["kl_ref"] = sum(row["kl_ref"] for row in rows) / len(rows)
+            ratio = log_density_ratio(generator, self.reference, z[cond == caption][: self.kl_samples], caption)
+            one_to_one = ratio.isfinite()
+            row["kl_ref"] = float(ratio[one_to_one].mean()) if one_to_one.any() else float("nan")
+            row["kl_folded"] = float(1 - one_to_one.float().mean())
+        for key in ("kl_ref", "kl_folded"):
+            metrics[key] = sum(row[key] for row in rows) / len(rows)
 
     def metrics_of(self, x: Tensor, cond: Tensor, seed: int) -> tuple[dict[str, float], list[dict]]:
         rng = torch.Generator().manual_seed(seed + 1)

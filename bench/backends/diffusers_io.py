@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench import hub
 from bench.errors import UsageError
 
 
@@ -16,11 +17,10 @@ def pipeline_folder(source: str) -> Path:
     path = Path(source).expanduser()
     is_hub_id = not path.exists() and source.count("/") == 1 and not source.startswith((".", "/", "~"))
     if is_hub_id:
-        from huggingface_hub import snapshot_download
         from huggingface_hub.constants import HF_HUB_CACHE
 
         try:
-            path = Path(snapshot_download(source))
+            path = Path(hub.download_folder(source))
         except Exception as err:  # offline, unknown id, refused: the hub raises several types that mean the same
             raise UsageError(f"pipeline {source} is not in the Hugging Face cache ({HF_HUB_CACHE}) and could not "
                              f"be downloaded ({type(err).__name__}); on a machine with network run "

@@ -139,9 +139,9 @@ class HPSv2(ClipScorer):
 
     @classmethod
     def load(cls, weights: str | None = None) -> HPSv2:
+        path = locate_file(cls.name, "xswu/HPSv2", cls.checkpoint, weights)  # a missing file is said before imports
         from transformers import CLIPModel
 
-        path = locate_file(cls.name, "xswu/HPSv2", cls.checkpoint, weights)
         arch = path.with_name("open_clip_config.json")
         model_cfg = json.loads(arch.read_text())["model_cfg"] if arch.is_file() else VIT_H_14
         model = CLIPModel(hf_config_of(model_cfg))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bench import hub
 from bench.errors import UsageError
 from bench.provenance import file_sha256
 
@@ -45,9 +46,7 @@ def locate_file(scorer: str, repo: str, filename: str, weights: str | None) -> P
         if path.is_file():
             return path
         raise UsageError(f"{scorer}: weights file {filename} not found at {path}; {_fix(scorer, repo, filename)}")
-    from huggingface_hub import hf_hub_download
-
-    return from_hub(lambda: hf_hub_download(repo, filename), scorer, repo, f"weights file {filename}", filename)
+    return from_hub(lambda: hub.download_file(repo, filename), scorer, repo, f"weights file {filename}", filename)
 
 
 def locate_folder(scorer: str, repo: str, subfolder: str, needed: tuple[str, ...], weights: str | None) -> Path:
@@ -60,10 +59,8 @@ def locate_folder(scorer: str, repo: str, subfolder: str, needed: tuple[str, ...
         if not missing:
             return path
         raise UsageError(f"{scorer}: {', '.join(missing)} not found in {path}; {_fix(scorer, repo, pattern)}")
-    from huggingface_hub import snapshot_download
-
-    return from_hub(lambda: snapshot_download(repo, allow_patterns=list(needed)), scorer, repo, ", ".join(needed),
-                    pattern)
+    return from_hub(lambda: hub.download_folder(repo, allow_patterns=list(needed)), scorer, repo,
+                    ", ".join(needed), pattern)
 
 
 def load_checked(module, state: dict, path: Path, *, allow_extra: bool = False) -> None:

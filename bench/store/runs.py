@@ -13,9 +13,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
+import socket
 import sqlite3
 import time
 from contextlib import closing
@@ -26,7 +29,10 @@ import yaml
 from bench.errors import UsageError
 from bench.store.files import atomic_write_bytes, atomic_write_json, read_jsonl
 
-STATUSES = ("running", "finished", "failed", "pruned")
+# "interrupted" is stored for a run stopped by Ctrl-C or SIGTERM, and shown for one recorded as running whose
+# writer is gone (SIGKILL, out of memory, a lost machine): no process holds its writer lock.
+STATUSES = ("running", "interrupted", "finished", "failed", "pruned")
+WRITER_LOCK = ".writer.lock"
 COLUMNS = ("id", "created", "updated", "status", "method", "backend", "reward", "name", "seed", "study",
            "trial", "message", "config", "summary")
 
@@ -80,6 +86,40 @@ class Run:
         atomic_write_json(self.dir / "run.json", info)
         self.store.index(self)
 
+    @contextlib.contextmanager
+    def writing(self):
+        """Hold the run's writer lock while training it: one writer per run. The lock (flock) goes with the process,
+        so a run whose process died has none, however it died."""
+        with open(self.dir / WRITER_LOCK, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise UsageError(f"run {self.id} is being trained right now ({holder}); wait for it to end, or stop "
+                                 "it and then resume it") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
+            try:
+                yield self
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def has_writer(self) -> bool:
+        """Whether a live process holds the writer lock (a shared lock can be had only when none does)."""
+        try:
+            with open(self.dir / WRITER_LOCK) as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return False
+        except OSError:
+            return False
+
     def finish(self, summary: dict) -> None:
         atomic_write_json(self.dir / "summary.json", summary)
         self.update(status="finished", message="")
@@ -91,6 +131,9 @@ class Run:
 class Store:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root or default_root())
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"results.dir={self.root} is a file, not a folder; point results.dir (or BENCH_RESULTS) "
+                             "at a folder for the results store")
         self.runs_dir = self.root / "runs"
         self.db_path = self.root / "index.sqlite"
 
@@ -176,9 +219,14 @@ class Store:
         return self.get(rows[0]["id"])
 
     def rows(self, where: str = "", params: tuple = ()) -> list[dict]:
+        """Index rows, newest first; a run recorded as running without a live writer is shown as interrupted."""
         if not self.db_path.exists():
             return []
         with closing(self.connect()) as db:
             db.row_factory = sqlite3.Row
             query = f"SELECT * FROM runs {where} ORDER BY created DESC, id DESC"
-            return [dict(row) for row in db.execute(query, params)]
+            rows = [dict(row) for row in db.execute(query, params)]
+        for row in rows:
+            if row["status"] == "running" and not Run(self, row["id"]).has_writer():
+                row["status"] = "interrupted"
+        return rows

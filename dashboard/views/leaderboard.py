@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from bench.eval import evaluation_columns
+from bench.eval import METRIC_LABELS, evaluation_columns
 from dashboard.data import METRICS, load_evals, load_reported, stamp
 
-LOWER_IS_BETTER = {"nll_ref", "fd_ref", "mmd_ref", "fd_star", "mmd_star", "fid"}
+LOWER_IS_BETTER = {"kl_ref", "nll_ref", "fd_ref", "mmd_ref", "fd_star", "mmd_star", "fid"}
 
 
 def aggregate(group: pd.DataFrame) -> pd.DataFrame:
@@ -46,8 +46,9 @@ def show(root, runs: pd.DataFrame) -> None:
     st.caption("Rows are ranked together only when their evaluation protocol matches (the backend and its "
                "settings, reward and evaluation settings): each protocol has its own table. ± is the standard "
                "deviation over seeds. "
-               "The `*_star` columns measure distance to the optimum `p*` at `alpha_rew = p*_at`: compare them "
-               "between equal `p*_at`.")
+               "Distances to the KL optimum (`fd_star`, `mmd_star`) measure how far a run ends from p* ~ p_ref "
+               "exp(alpha r) at `alpha = p*_at`: the target of KL-RLHF, not of DI++ or DI*; compare them between "
+               "equal `p*_at`. `kl_ref` is the exact KL to the reference in nats.")
     finished = runs[(runs["status"] == "finished") & runs["study"].isna()]
     include_sweeps = st.sidebar.checkbox("include sweep trials", value=False)
     if include_sweeps:
@@ -65,7 +66,7 @@ def show(root, runs: pd.DataFrame) -> None:
         table = table.sort_values(metric, ascending=ascending, na_position="last")
         st.subheader(f"Protocol: {label}")
         present = [m for m in METRICS if table[m].notna().any()]
-        st.table(formatted(table, present))
+        st.table(formatted(table, present).rename(columns=METRIC_LABELS))
 
     evaluations = load_evals(str(root), stamp(root))
     if not evaluations.empty:
