@@ -16,7 +16,7 @@ from bench.analytic.mixture import GaussianMixture
 
 # alpha_rew values at which the closed-form optimum's reward and KL to the reference are tabulated: the bound
 # a method's (KL, reward) points are read against.
-OPTIMUM_CURVE = (0.0, 0.5, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100)
+OPTIMUM_CURVE = (0.0, 0.5, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 1000)
 
 
 def sqrtm_psd(a: Tensor) -> Tensor:
