@@ -351,6 +351,7 @@ scored are skipped.
   weights=DIR      their weights, DIR/<scorer>/... (or BENCH_WEIGHTS)
   fid_ref=PATH     FID against a reference image folder or .npz statistics (clean-fid protocol)
   inception=PATH   inception-2015-12-05.pt (or BENCH_INCEPTION)   fid_resize=256  COCO's crop + LANCZOS first
+  inception_sha256=HASH   the Inception file's sha256 you trust (or BENCH_INCEPTION_SHA256); others are refused
   steps=1 guidance=0 resolution=0   pipeline sampling (0: the pipeline's default size)"""
 
 

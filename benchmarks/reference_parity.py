@@ -153,10 +153,12 @@ def clean_fid(root: Path) -> dict:
     from cleanfid.resize import make_resizer
 
     from bench.eval import fid as ours
+    from bench.provenance import file_sha256
 
     from random_weights import write_inception
 
-    inception = ours.Inception(write_inception(root / "inception.pt"), torch.device("cpu"))
+    path = write_inception(root / "inception.pt")
+    inception = ours.Inception(path, torch.device("cpu"), pin=file_sha256(path))
     folders = []
     for k, seed in enumerate((3, 4)):
         folder = root / f"images{k}"

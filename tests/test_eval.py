@@ -153,7 +153,8 @@ def assets(tmp_path_factory):
 def test_eval_of_a_diffusers_pipeline_with_every_scorer_and_fid(results, assets, capsys):
     args = ["eval", f"pipeline={assets['pipeline']}", "prompts=builtin", "subset=8", "seed=1", "batch=3",
             f"metrics={','.join(SCORERS)}", f"weights={assets['weights']}", f"fid_ref={assets['reference']}",
-            f"inception={assets['inception']}", f"results.dir={results}"]
+            f"inception={assets['inception']}", f"inception_sha256={file_sha256(assets['inception'])}",
+            f"results.dir={results}"]
     assert main(args) == 0
     (row,) = Store(results).rows()
     assert row["id"].startswith("pipeline-sd15-") and row["method"] == "external" and row["status"] == "finished"

@@ -7,7 +7,16 @@ import torch
 from PIL import Image
 
 from bench.errors import UsageError
-from bench.eval.fid import Inception, features, frechet_distance, image_files, prepare, reference_statistics
+from bench.eval.fid import (
+    Inception,
+    features,
+    frechet_distance,
+    image_files,
+    locate_inception,
+    prepare,
+    reference_statistics,
+)
+from bench.provenance import file_sha256
 
 from random_weights import write_inception
 
@@ -15,7 +24,22 @@ from random_weights import write_inception
 @pytest.fixture(scope="module")
 def inception(tmp_path_factory):
     path = write_inception(tmp_path_factory.mktemp("inception") / "inception-2015-12-05.pt")
-    return Inception(path, torch.device("cpu"))
+    return Inception(path, torch.device("cpu"), pin=file_sha256(path))
+
+
+def test_an_unpinned_inception_file_is_refused_before_it_is_loaded(tmp_path, monkeypatch):
+    """Loading TorchScript runs the file's code: only a pinned hash is loaded, and /tmp is never looked in."""
+    path = write_inception(tmp_path / "inception.pt")
+    monkeypatch.delenv("BENCH_INCEPTION_SHA256", raising=False)
+    with pytest.raises(UsageError, match=f"has sha256 {file_sha256(path)}, which is not a pinned Inception file"):
+        Inception(path, torch.device("cpu"))
+    with pytest.raises(UsageError, match="not a pinned Inception file"):
+        Inception(path, torch.device("cpu"), pin="0" * 64)
+    monkeypatch.setenv("BENCH_INCEPTION_SHA256", file_sha256(path))
+    assert Inception(path, torch.device("cpu")).sha256 == file_sha256(path)
+    with pytest.raises(UsageError) as refused:
+        locate_inception(None)
+    assert "/tmp" not in str(refused.value)
 
 
 def write_folder(folder, seed, count=40, shift=0):

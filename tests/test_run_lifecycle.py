@@ -2,6 +2,8 @@
 (stopped by SIGTERM or Ctrl-C, or found dead: SIGKILL, out of memory, a lost machine) and resumable."""
 
 import json
+import os
+import pickle
 import signal
 
 from bench.cli import main
@@ -71,3 +73,36 @@ def test_an_error_marks_the_run_failed_with_its_reason_in_one_line(results, caps
     assert row["status"] == "failed" and row["message"] == "OSError: [Errno 28] No space left on device"
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Traceback" not in err
+
+
+class Payload:
+    """A pickle that runs a command when it is unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_booby_trapped_pickle_in_a_checkpoint_is_never_unpickled(results, tmp_path, capsys):
+    """accelerate reads objects registered for checkpointing with full pickle; nothing is registered, the EMA and
+    counters are safetensors and JSON, and its RNG pickles are neither kept nor needed."""
+    assert main(["run", "preset=smoke", "train.steps=20", "backend.image_size=4", f"results.dir={results}"]) == 0
+    run = Store(results).get(Store(results).rows()[0]["id"])
+    assert not list(run.checkpoint_dir.glob("*.pkl"))
+    marker = tmp_path / "ran"
+    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "random_states_0.pkl"):
+        (run.checkpoint_dir / name).write_bytes(pickle.dumps(Payload(marker)))
+    run.update(status="interrupted")
+    assert main(["eval", f"run={run.id}", "n=2", f"results.dir={results}"]) == 0
+    assert main(["run", f"resume={run.id}", f"results.dir={results}"]) == 2  # refused in one line, unread
+    assert "which this suite never writes and will not unpickle" in capsys.readouterr().err
+    for trap in run.checkpoint_dir.glob("*.pkl"):
+        trap.unlink()
+    assert main(["run", f"resume={run.id}", f"results.dir={results}"]) == 0  # restores the checkpoint, finishes
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):
+        (run.checkpoint_dir / name).write_bytes(pickle.dumps(Payload(marker)))  # init= reads only its own files
+    assert main(["run", f"init={run.id}", "preset=smoke", "train.steps=2", "backend.image_size=4",
+                 f"results.dir={results}"]) == 0
+    assert not marker.exists()

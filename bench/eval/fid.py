@@ -35,6 +35,11 @@ from bench.store.files import atomic_write_bytes
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_ENV = "BENCH_INCEPTION"
+PIN_ENV = "BENCH_INCEPTION_SHA256"
+# Loading TorchScript runs the file's code, so only a file whose sha256 is pinned is loaded: the one below, or one
+# the user pins (inception_sha256=HASH or BENCH_INCEPTION_SHA256). The sha256 of nvlabs' inception-2015-12-05.pt,
+# the file clean-fid downloads, belongs here; it could not be obtained offline where this was written.
+OFFICIAL_SHA256: str | None = None
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROTOCOL = "clean-fid clean mode: PIL bicubic float resize to 299, TorchScript Inception pool3, 2048-d"
 
@@ -55,8 +60,13 @@ def prepare(image: Image.Image, pre_resize: int = 0) -> np.ndarray:
 class Inception:
     """The TorchScript Inception of clean-fid: (B, 3, 299, 299) in [0, 255] -> (B, 2048)."""
 
-    def __init__(self, path: Path, device: torch.device):
+    def __init__(self, path: Path, device: torch.device, pin: str | None = None):
         self.path, self.sha256 = path, file_sha256(path)
+        pinned = {h.lower() for h in (pin, os.environ.get(PIN_ENV), OFFICIAL_SHA256) if h}
+        if self.sha256 not in pinned:
+            raise UsageError(f"FID: {path} has sha256 {self.sha256}, which is not a pinned Inception file, and loading "
+                             f"one runs its code; if it is nvlabs' {INCEPTION_FILE} (or a network you mean to use), "
+                             f"pin it: inception_sha256={self.sha256} or {PIN_ENV}={self.sha256}")
         with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format the file comes in
             warnings.simplefilter("ignore", DeprecationWarning)
             self.layers = torch.jit.load(str(path), map_location=device).eval().layers
@@ -71,7 +81,6 @@ def locate_inception(path: str | None) -> Path:
     candidates = [Path(p) for p in (path, os.environ.get(INCEPTION_ENV)) if p]
     weights = os.environ.get("BENCH_WEIGHTS")
     candidates += [Path(weights) / "fid" / INCEPTION_FILE] if weights else []
-    candidates.append(Path("/tmp") / INCEPTION_FILE)  # where clean-fid itself keeps it
     for candidate in candidates:
         if candidate.is_file():
             return candidate

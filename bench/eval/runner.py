@@ -43,6 +43,7 @@ class EvalRequest:
     weights: str | None = None
     fid_ref: str | None = None  # reference image folder or .npz statistics
     inception: str | None = None
+    inception_sha256: str | None = None  # pins the Inception file (see bench.eval.fid)
     fid_resize: int = 0  # centre crop + LANCZOS to this side before FID's own resize (COCO protocol: 256)
     steps: int = 1  # pipelines only
     guidance: float = 0.0
@@ -261,7 +262,8 @@ def per_prompt_means(lines: list[dict], names: list[str]) -> list[dict]:
 def fid_setup(request: EvalRequest) -> dict:
     from bench.eval.fid import PROTOCOL, Inception, locate_inception
 
-    return {"protocol": PROTOCOL, "inception": Inception(locate_inception(request.inception), torch.device("cpu"))}
+    return {"protocol": PROTOCOL, "inception": Inception(locate_inception(request.inception), torch.device("cpu"),
+                                                          request.inception_sha256)}
 
 
 def fid_of(folder: Path, fid: dict, request: EvalRequest, store_root: Path, progress: bool) -> float:

@@ -49,6 +49,14 @@ def last_checkpoint(run: Run) -> Path | None:
     return None
 
 
+def check_contents(folder: Path) -> None:
+    """Refuse a checkpoint holding pickles this suite never writes (a folder from elsewhere), without reading them."""
+    foreign = sorted(p.name for p in folder.glob("*.pkl"))
+    if foreign:
+        raise UsageError(f"checkpoint {folder} holds {', '.join(foreign)}, which this suite never writes and will not "
+                         "unpickle; remove them to resume from it")
+
+
 def progress(folder: Path) -> dict:
     return json.loads((folder / PROGRESS_FILE).read_text())
 

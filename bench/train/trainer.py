@@ -250,6 +250,7 @@ class Trainer:
         folder = checkpoint.last_checkpoint(self.run)
         if folder is None:
             return False
+        checkpoint.check_contents(folder)
         self.accelerator.load_state(str(folder))  # safetensors models, weights-only optimiser states
         self.ema.load(checkpoint.ema_weights(folder))
         state = checkpoint.progress(folder)
