@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 
 from bench.errors import UsageError, did_you_mean
 
@@ -24,8 +25,19 @@ Every command takes results.dir=PATH (or the environment variable BENCH_RESULTS)
 RESUME_KEYS = ("resume", "results.dir", "device")
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings meant for the user (a rebuilt index) as one line; any other warning as Python shows it."""
+    from bench.store.runs import StoreWarning
+
+    if issubclass(category, StoreWarning):
+        print(f"bench: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    warnings.showwarning = show_warning
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings as warnings_module
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ import yaml
 from bench.eval import METRICS
 from bench.store import Store
 from bench.store.files import read_jsonl
+from bench.store.runs import StoreWarning
 
 __all__ = ["METRICS", "inside", "load_evals", "load_reported", "load_runs", "results_root", "run_files", "stamp"]
 
@@ -76,9 +78,12 @@ def protocol_label(protocol: dict) -> str:
 def load_runs(root: str, key: tuple) -> tuple[pd.DataFrame, list[str]]:
     """One row a run, from the index; and a warning for every run folder that cannot be read."""
     store = Store(root)
-    warnings, rows = [], []
-    indexed = set()
-    for row in store.rows():
+    rows, indexed = [], set()
+    with warnings_module.catch_warnings(record=True) as caught:
+        warnings_module.simplefilter("always", StoreWarning)
+        stored = store.rows()
+    warnings = [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
+    for row in stored:
         indexed.add(row["id"])
         try:
             config = json.loads(row["config"])

@@ -208,3 +208,15 @@ def test_eval_of_an_analytic_run_adds_image_scorers_to_the_exact_metrics(results
     summary = json.loads((eval_dir(results, trained, "analytic-n2-seed0") / "summary.json").read_text())
     assert {"aesthetic", "clip_score", "reward", "nll_ref", "mmd_star"} <= set(summary["metrics"])
     assert summary["protocol"]["metrics"]["aesthetic"]["version"].startswith("v2")
+
+
+def test_a_pipelines_own_name_cannot_place_its_entry_outside_the_store(results, assets, tmp_path):
+    """one_step.json names the run a pipeline came from; a name such as ../../x must stay a name."""
+    folder = tmp_path / "exported"
+    shutil.copytree(assets["pipeline"], folder)
+    (folder / "one_step.json").write_text(json.dumps({"run": "../../escape"}))
+    assert main(["eval", f"pipeline={folder}", "prompts=builtin", "subset=1", f"results.dir={results}"]) == 0
+    (row,) = Store(results).rows()
+    assert row["id"].startswith("pipeline-escape-")
+    assert (results / "runs" / row["id"]).is_dir()
+    assert not list(tmp_path.rglob("*escape*")) or all(results in p.parents for p in tmp_path.rglob("*escape*"))

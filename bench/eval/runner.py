@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,11 @@ class PipelineSource:
         self.source, self.path = source, pipeline_folder(source)
         # A hub id's cache folder is named by a commit, not the model; a run's export is named by its run.
         exported = self.path / "one_step.json"
-        self.label = json.loads(exported.read_text())["run"] if exported.exists() else Path(source.rstrip("/")).name
+        named = json.loads(exported.read_text()).get("run") if exported.exists() else None
+        # A folder's files name its store entry: letters, digits, '.', '_' and '-' only, so no name leads
+        # elsewhere ('../x', '/x').
+        label = re.sub(r"[^A-Za-z0-9._-]+", "-", str(named or Path(source.rstrip("/")).name)).strip(".-")
+        self.label = label or "pipeline"
         self.pipe = load_pipeline(self.path)
         self.pipe.set_progress_bar_config(disable=True)  # one bar, ours, counts images
         self.request = request

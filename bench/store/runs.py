@@ -21,6 +21,7 @@ import secrets
 import socket
 import sqlite3
 import time
+import warnings
 from contextlib import closing
 from pathlib import Path
 
@@ -142,9 +143,47 @@ class Store:
         # Sweep workers write concurrently: wait for the lock rather than fail.
         db = sqlite3.connect(self.db_path, timeout=60)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"CREATE TABLE IF NOT EXISTS runs ({', '.join(COLUMNS)}, PRIMARY KEY (id))")
-        db.execute("CREATE TABLE IF NOT EXISTS evals (run_id, eval_id, created, protocol, metrics, "
-                   "PRIMARY KEY (run_id, eval_id))")
+        create_tables(db)
+        return db
+
+    @property
+    def writable(self) -> bool:
+        return os.access(self.root if self.root.exists() else self.root.parent, os.W_OK)
+
+    def reader(self) -> sqlite3.Connection:
+        """A connection to read the index. The folders are the truth and the index a cache: a missing or corrupt
+        index is rebuilt from them with a warning (set aside, not deleted), in memory when the store is read-only,
+        where the index is opened without writing a byte (a dashboard on a read-only share)."""
+        if not self.db_path.exists():
+            if not any(self.runs_dir.glob("*/run.json")):
+                return in_memory()
+            return self.rebuilt(f"the index {self.db_path} is missing")
+        db = None
+        try:
+            db = self.connect() if self.writable else sqlite3.connect(f"file:{self.db_path}?immutable=1", uri=True)
+            db.execute("SELECT count(*) FROM runs").fetchone()
+            db.execute("SELECT count(*) FROM evals").fetchone()
+        except sqlite3.DatabaseError as err:
+            if db is not None:
+                db.close()
+            return self.rebuilt(f"the index {self.db_path} cannot be read ({err})")
+        return db
+
+    def rebuilt(self, reason: str) -> sqlite3.Connection:
+        if self.writable:
+            if self.db_path.exists():
+                aside = self.db_path.with_name(f"{self.db_path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(self.db_path, aside)
+                for extra in ("-wal", "-shm"):
+                    self.db_path.with_name(self.db_path.name + extra).unlink(missing_ok=True)
+                reason += f"; set aside as {aside.name}"
+            count = self.reindex()
+            db = self.connect()
+        else:
+            db = in_memory()
+            count = self.fill(db)
+            reason += "; the store is read-only, so it was rebuilt in memory for this reading"
+        warnings.warn(f"{reason}; rebuilt from {count} run folders", StoreWarning, stacklevel=3)
         return db
 
     def create(self, config: dict, *, study: str | None = None, trial: int | None = None,
@@ -164,45 +203,35 @@ class Store:
         return run
 
     def index(self, run: Run) -> None:
-        info, config, summary = run.info, run.config, run.summary
-        row = {
-            **{key: info.get(key) for key in ("id", "created", "updated", "status", "study", "trial", "message")},
-            "method": config["method"]["name"],
-            "backend": config["backend"]["name"],
-            "reward": config["reward"],
-            "name": config.get("name", ""),
-            "seed": config.get("seed"),
-            "config": json.dumps(config),
-            "summary": json.dumps(summary) if summary else None,
-        }
         with closing(self.connect()) as db, db:
-            db.execute(
-                f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                [row[c] for c in COLUMNS],
-            )
+            put_run(db, run)
 
     def index_eval(self, run: Run, summary: dict) -> None:
         with closing(self.connect()) as db, db:
-            db.execute("INSERT OR REPLACE INTO evals VALUES (?, ?, ?, ?, ?)",
-                       (run.id, summary["eval_id"], now(), json.dumps(summary["protocol"], sort_keys=True),
-                        json.dumps(summary["metrics"])))
+            put_eval(db, run, summary)
 
     def evals(self) -> list[dict]:
-        if not self.db_path.exists():
-            return []
-        with closing(self.connect()) as db:
+        with closing(self.reader()) as db:
             db.row_factory = sqlite3.Row
             return [dict(row) for row in db.execute("SELECT * FROM evals ORDER BY created DESC")]
 
     def reindex(self) -> int:
         """Rebuild the index from the run folders (after copying folders in, or losing the index)."""
+        with closing(self.connect()) as db, db:
+            return self.fill(db)
+
+    def fill(self, db: sqlite3.Connection) -> int:
+        """Put every readable run folder (and its evaluations) into `db`; unreadable ones are left out."""
         count = 0
         for folder in sorted(self.runs_dir.glob("*")):
             if (folder / "run.json").exists() and (folder / "config.yaml").exists():
                 run = Run(self, folder.name)
-                self.index(run)
-                for summary in folder.glob("evals/*/summary.json"):
-                    self.index_eval(run, json.loads(summary.read_text()))
+                try:
+                    put_run(db, run)
+                    for summary in folder.glob("evals/*/summary.json"):
+                        put_eval(db, run, json.loads(summary.read_text()))
+                except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+                    continue  # a corrupt folder: the dashboard names it among the unindexed ones
                 count += 1
         return count
 
@@ -220,9 +249,7 @@ class Store:
 
     def rows(self, where: str = "", params: tuple = ()) -> list[dict]:
         """Index rows, newest first; a run recorded as running without a live writer is shown as interrupted."""
-        if not self.db_path.exists():
-            return []
-        with closing(self.connect()) as db:
+        with closing(self.reader()) as db:
             db.row_factory = sqlite3.Row
             query = f"SELECT * FROM runs {where} ORDER BY created DESC, id DESC"
             rows = [dict(row) for row in db.execute(query, params)]
@@ -230,3 +257,41 @@ class Store:
             if row["status"] == "running" and not Run(self, row["id"]).has_writer():
                 row["status"] = "interrupted"
         return rows
+
+
+class StoreWarning(UserWarning):
+    """Something about the store a user should hear of (an index rebuilt), though the command goes on."""
+
+
+def create_tables(db: sqlite3.Connection) -> None:
+    db.execute(f"CREATE TABLE IF NOT EXISTS runs ({', '.join(COLUMNS)}, PRIMARY KEY (id))")
+    db.execute("CREATE TABLE IF NOT EXISTS evals (run_id, eval_id, created, protocol, metrics, "
+               "PRIMARY KEY (run_id, eval_id))")
+
+
+def in_memory() -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:")
+    create_tables(db)
+    return db
+
+
+def put_run(db: sqlite3.Connection, run: Run) -> None:
+    info, config, summary = run.info, run.config, run.summary
+    row = {
+        **{key: info.get(key) for key in ("id", "created", "updated", "status", "study", "trial", "message")},
+        "method": config["method"]["name"],
+        "backend": config["backend"]["name"],
+        "reward": config["reward"],
+        "name": config.get("name", ""),
+        "seed": config.get("seed"),
+        "config": json.dumps(config),
+        "summary": json.dumps(summary) if summary else None,
+    }
+    db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+               [row[c] for c in COLUMNS])
+
+
+def put_eval(db: sqlite3.Connection, run: Run, summary: dict) -> None:
+    db.execute("INSERT OR REPLACE INTO evals VALUES (?, ?, ?, ?, ?)",
+               (run.id, summary["eval_id"], now(), json.dumps(summary["protocol"], sort_keys=True),
+                json.dumps(summary["metrics"])))
