@@ -316,7 +316,6 @@ or BENCH_RESULTS) picks the results store; the app reads nothing outside it."""
 
 
 def cmd_dashboard(args: list[str]) -> int:
-    import subprocess
     from pathlib import Path
 
     from bench.store import default_root
@@ -345,7 +344,9 @@ def cmd_dashboard(args: list[str]) -> int:
                "--server.port", options["--port"], "--server.headless", "true",
                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
     print(f"bench dashboard: http://{options['--address']}:{options['--port']} (results {root})", flush=True)
-    return subprocess.call(command, env={**os.environ, "BENCH_RESULTS": str(root)})
+    # This process becomes the server: a SIGTERM or Ctrl-C for `bench dashboard` reaches Streamlit itself, and no
+    # child is left serving behind a parent that has gone.
+    os.execve(sys.executable, command, {**os.environ, "BENCH_RESULTS": str(root)})
 
 
 EVAL_USAGE = """usage: bench eval run=ID|latest | pipeline=DIR|HUB_ID  [key=value ...]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings as warnings_module
 from pathlib import Path
 
@@ -21,6 +22,12 @@ __all__ = ["METRICS", "inside", "load_evals", "load_reported", "load_runs", "res
 # Config keys that do not change what a run measures: seeds are averaged over, the rest is bookkeeping.
 NOT_SETTINGS = ("seed", "name", "resume", "results", "device")
 REPORTED = Path(__file__).resolve().parents[1] / "bench" / "eval" / "reported.yaml"
+
+
+def plain(text) -> str:
+    """Text from runs, folders or studies, escaped so Streamlit's markdown shows it as written: no link, emphasis,
+    heading or formula can be smuggled in through a run name or a folder name."""
+    return re.sub(r"([\\`*_{}\[\]()#+!|<>~$])", r"\\\1", str(text))
 
 
 def results_root() -> Path:

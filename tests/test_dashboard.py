@@ -1,10 +1,12 @@
 """The leaderboard app, page by page, on a store of real analytic-world runs and a real sweep."""
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -12,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from bench.cli import main
 from bench.config import build_config
 from bench.store import Store
-from dashboard.data import inside
+from dashboard.data import inside, plain
 
 from browser import wait_and_capture
 from conftest import ROOT, bench_process, wait_until
@@ -35,6 +37,7 @@ def store(tmp_path_factory):
                  *small, f"results.dir={root}"]) == 0
     (root / "runs" / "broken-run").mkdir()
     (root / "runs" / "broken-run" / "run.json").write_text("{not json")
+    (root / "runs" / MARKDOWN_NAME).mkdir()  # a folder name that is also markdown: it must show as written
     return root
 
 
@@ -56,6 +59,9 @@ def ids(store, **where):
     return [r["id"] for r in rows if all(r[k] == v for k, v in where.items())]
 
 
+MARKDOWN_NAME = "[click](javascript:alert(1)) **bold**"
+
+
 def texts(at, kind):
     return " ".join(str(e.value) for e in getattr(at, kind))
 
@@ -63,7 +69,9 @@ def texts(at, kind):
 def test_leaderboard_averages_seeds_within_a_protocol_and_keeps_reported_rows_apart(app, store):
     at = app()
     assert not at.exception
-    assert "skipped run folder broken-run" in texts(at, "warning")
+    warnings = texts(at, "warning")
+    assert plain("skipped run folder broken-run") in warnings
+    assert plain(f"skipped run folder {MARKDOWN_NAME}") in warnings and "[click](" not in warnings
     assert "ranked together only when their evaluation protocol matches" in texts(at, "caption")
     measured, reported = at.table[0].value, at.table[-1].value
     assert set(measured["method"]) == {"di_pp", "kl_rlhf"}
@@ -122,7 +130,8 @@ def test_sweeps_page_lists_trials_and_maps_the_objective(app):
     trials = at.table[0].value
     assert len(trials) == 3 and set(trials["state"]) == {"complete"}
     headings = " ".join(str(s.value) for s in at.subheader)
-    assert "mmd_star over alpha_rew and alpha_cfg" in headings and "Parameter importance for mmd_star" in headings
+    assert f"{plain('mmd_star')} over alpha_rew and alpha_cfg" in headings
+    assert plain("Parameter importance for mmd_star") in headings
     assert [e.type for e in at.main].count("vega_lite_chart") >= 2  # the map and the importance bars
 
 
@@ -193,8 +202,38 @@ def test_served_dashboard_in_a_real_browser_shows_the_run_ids(store, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert not listening_on(port)  # bench dashboard is the server itself: nothing is left serving
     assert "Leaderboard" in text
     for run_id in expected:
         assert run_id in text
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a blank page is about 11 kB
     (tmp_path / "leaderboard.png").write_bytes(png)
+
+
+def listening_on(port: int) -> set[str]:
+    """The local addresses with a socket listening on `port`, from the kernel's own tables."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as handle:
+            for line in list(handle)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if int(hex_port, 16) == port and state == "0A":  # LISTEN
+                    if len(address) == 8:
+                        found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1]))
+                    else:
+                        found.add(socket.inet_ntop(socket.AF_INET6, b"".join(
+                            bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, 32, 8))))
+    return found
+
+
+def test_streamlit_run_from_the_repository_binds_this_machine_only():
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port)]
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        addresses = wait_until(lambda: listening_on(port), proc=server, timeout=60, interval=0.2)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert addresses == {"127.0.0.1"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import METRICS, run_files
+from dashboard.data import METRICS, plain, run_files
 
 
 def show(root, runs: pd.DataFrame) -> None:
@@ -31,6 +31,6 @@ def show(root, runs: pd.DataFrame) -> None:
     for column, run_id in zip(st.columns(len(chosen)), chosen, strict=True):
         files = run_files(root, run_id, runs)
         with column:
-            st.caption(f"{run_id} ({picked.loc[run_id, 'method']})")
+            st.caption(plain(f"{run_id} ({picked.loc[run_id, 'method']})"))
             if files and files["grids"]:
                 st.image(files["grids"][max(files["grids"])].read_bytes())

@@ -9,6 +9,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from dashboard.data import plain
+
 
 def show(root, runs: pd.DataFrame) -> None:
     st.title("Reward-divergence frontier")
@@ -23,7 +25,7 @@ def show(root, runs: pd.DataFrame) -> None:
     labels = sorted(measured["protocol_label"].unique())
     label = st.selectbox("protocol", labels) if len(labels) > 1 else labels[0]
     chosen = measured[measured["protocol_label"] == label]
-    st.caption(f"Protocol: {label}")
+    st.caption(f"Protocol: {plain(label)}")
     curve = pd.DataFrame(json.loads(chosen["optimum_curve"].iloc[0])).rename(columns={"kl_ref": "kl"})
     points = chosen.rename(columns={"kl_ref": "kl", "alpha_rew": "alpha"})[
         ["id", "method", "alpha", "alpha_cfg", "kl", "reward"]]

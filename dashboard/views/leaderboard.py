@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from bench.eval import METRIC_LABELS, evaluation_columns
-from dashboard.data import METRICS, load_evals, load_reported, stamp
+from dashboard.data import METRICS, load_evals, load_reported, plain, stamp
 
 LOWER_IS_BETTER = {"kl_ref", "nll_ref", "fd_ref", "mmd_ref", "fd_star", "mmd_star", "fid"}
 
@@ -64,7 +64,7 @@ def show(root, runs: pd.DataFrame) -> None:
         table = aggregate(group)
         ascending = (metric in LOWER_IS_BETTER) == best_first
         table = table.sort_values(metric, ascending=ascending, na_position="last")
-        st.subheader(f"Protocol: {label}")
+        st.subheader(f"Protocol: {plain(label)}")
         present = [m for m in METRICS if table[m].notna().any()]
         st.table(formatted(table, present).rename(columns=METRIC_LABELS))
 
@@ -76,7 +76,7 @@ def show(root, runs: pd.DataFrame) -> None:
         methods_of = dict(zip(runs["id"], runs["method"], strict=True))
         columns = evaluation_columns()
         for label, group in evaluations.groupby("protocol_label", sort=True):
-            st.subheader(f"Protocol: {label}")
+            st.subheader(f"Protocol: {plain(label)}")
             table = group.drop(columns=["protocol", "protocol_label"]).assign(
                 method=[methods_of.get(r, "external pipeline") for r in group["run"]])
             present = [m for m in columns if m in table and table[m].notna().any()]

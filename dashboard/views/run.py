@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import run_files
+from dashboard.data import plain, run_files
 
 
 def curves(title: str, records: pd.DataFrame, keys: tuple[str, ...]) -> None:
@@ -32,7 +32,7 @@ def show(root, runs: pd.DataFrame) -> None:
         st.error("Unknown run.")
         return
     row = runs[runs["id"] == run_id].iloc[0]
-    st.markdown(f"**{run_id}**: {row['method']}, status **{row['status']}**")
+    st.markdown(f"**{plain(run_id)}**: {plain(row['method'])}, status **{plain(row['status'])}**")
 
     train = pd.DataFrame([r for r in files["records"] if r.get("kind") == "train"])
     evals = pd.DataFrame([{k: v for k, v in r.items() if k != "per_prompt"}
@@ -53,8 +53,8 @@ def show(root, runs: pd.DataFrame) -> None:
         st.subheader("Per-prompt scores (final evaluation; row i is row i of the grid)")
         st.table(pd.DataFrame(summary["per_prompt"]))
     for eval_id, evaluation in files["evals"].items():
-        st.subheader(f"Evaluation {eval_id}")
-        st.caption(", ".join(f"{k}={v}" for k, v in evaluation["summary"]["protocol"]["prompt_set"].items()))
+        st.subheader(f"Evaluation {plain(eval_id)}")
+        st.caption(plain(", ".join(f"{k}={v}" for k, v in evaluation["summary"]["protocol"]["prompt_set"].items())))
         st.table(pd.DataFrame(evaluation["summary"]["per_prompt"]))
         per_prompt = evaluation["summary"]["protocol"]["prompt_set"]["per_prompt"]
         firsts = evaluation["images"][::per_prompt]

@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import inside
+from dashboard.data import inside, plain
 
 
 @st.cache_data(show_spinner=False, ttl=10)
@@ -45,7 +45,7 @@ def show(root, runs: pd.DataFrame) -> None:
     if complete.empty:
         return
     if {"method.alpha_rew", "method.alpha_cfg"} <= set(complete):
-        st.subheader(f"{objectives[0]} over alpha_rew and alpha_cfg")
+        st.subheader(f"{plain(objectives[0])} over alpha_rew and alpha_cfg")
         chart = alt.Chart(complete).mark_circle(size=140).encode(
             x=alt.X("method.alpha_rew:Q", scale=alt.Scale(type="log"), title="alpha_rew"),
             y=alt.Y("method.alpha_cfg:Q", title="alpha_cfg"),
@@ -55,11 +55,12 @@ def show(root, runs: pd.DataFrame) -> None:
         st.altair_chart(chart, width="stretch")
     if len(objectives) > 1:
         st.subheader("Pareto front")
-        st.caption(f"{objectives[0]} ({directions[0]}) against {objectives[1]} ({directions[1]}); the front is marked.")
+        st.caption(plain(f"{objectives[0]} ({directions[0]}) against {objectives[1]} ({directions[1]}); the front is "
+                         "marked."))
         st.altair_chart(alt.Chart(complete).mark_circle(size=120).encode(
             x=f"{objectives[0]}:Q", y=f"{objectives[1]}:Q", color="pareto:N", tooltip=["trial", *objectives],
         ), width="stretch")
-    st.subheader(f"Parameter importance for {objectives[0]}")
+    st.subheader(f"Parameter importance for {plain(objectives[0])}")
     study = optuna.load_study(study_name=name, storage=url)
     # PED-ANOVA asks which parameters lead to *low* targets: flip an objective that is maximised.
     sign = -1.0 if directions[0] == "maximize" else 1.0
@@ -71,4 +72,4 @@ def show(root, runs: pd.DataFrame) -> None:
                 target=lambda t: sign * t.values[0])
         st.bar_chart(pd.Series(importance, name="importance"))
     except (RuntimeError, ValueError) as err:
-        st.info(f"Not enough complete trials to estimate importance yet ({err}).")
+        st.info(plain(f"Not enough complete trials to estimate importance yet ({err})."))
