@@ -65,6 +65,17 @@ def show_progress() -> bool:
     return sys.stderr.isatty() or os.environ.get("BENCH_PROGRESS") == "1"
 
 
+def report_seconds() -> float | None:
+    """Seconds between progress lines when no bar is shown (BENCH_REPORT_SECONDS, default 30; 0 for none)."""
+    if show_progress():
+        return None
+    text = os.environ.get("BENCH_REPORT_SECONDS", "30")
+    try:
+        return float(text) or None
+    except ValueError:
+        raise UsageError(f"BENCH_REPORT_SECONDS must be a number of seconds, got '{text}'") from None
+
+
 def whole_number(key: str, text: str, low: int = 0) -> int:
     # isdigit() alone accepts '²' and other Unicode digits that int() refuses.
     if not (text.isascii() and text.isdigit()) or int(text) < low:
@@ -160,7 +171,7 @@ def check_device(cfg) -> None:
 def new_trainer(cfg, run):
     from bench.train.trainer import Trainer
 
-    return Trainer(cfg, run, progress=show_progress())
+    return Trainer(cfg, run, progress=show_progress(), report_every=report_seconds())
 
 
 def train_run(trainer) -> int:

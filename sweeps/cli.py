@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from bench.cli import show_progress, store_from, wants_help, whole_number
+from bench.cli import report_seconds, show_progress, store_from, wants_help, whole_number
 from bench.errors import UsageError
 
 USAGE = """usage: bench sweep [status|best] [study=NAME] [space=NAME|PATH] [storage=URL] [n_trials=N] [--workers N]
@@ -87,10 +88,19 @@ def sweep_main(args: list[str]) -> int:
     study = studies.create_study(storage, name, space, method, trial_args, options["sampler_seed"])
     n_trials = options.get("n_trials") or (math.prod(len(v) for v in space.grid.values()) if space.grid else 12)
     started = time.perf_counter()
-    if workers == 1:
-        work_here(study, space, trial_args, n_trials, store, method, studies.lock_path(url))
-    else:
-        spawn_workers(worker_args, workers)
+    def terminated(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)  # a cluster's stop: the trial in progress is re-queued
+    try:
+        if workers == 1:
+            work_here(study, space, trial_args, n_trials, store, method, studies.lock_path(url))
+        else:
+            spawn_workers(worker_args, workers)
+    except KeyboardInterrupt as err:
+        print(f"\nbench sweep: stopped ({err or 'Ctrl-C'}); a trial in progress was re-queued. Continue with the "
+              "same command.", file=sys.stderr)
+        return 130
     print(f"study {name}: {n_trials} trials in {time.perf_counter() - started:.1f} s (storage {url})")
     print(best_text(study))
     return 0
@@ -105,14 +115,21 @@ def work_here(study, space, trial_args, n_trials, store, method, lock) -> None:
     bar = tqdm(total=n_trials, initial=min(done, n_trials), desc=f"study {study.study_name}", unit="trial",
                disable=not show_progress())
 
+    def say(text: str) -> None:
+        bar.write(text) if show_progress() else print(text, flush=True)
+
+    def on_start(trial: dict):
+        say(f"trial {trial['trial']:>3} started   {' '.join(settings(trial['params']))}  run {trial['run']}")
+
     def on_trial(outcome: dict):
         params = " ".join(settings(outcome["params"]))
         values = " ".join(f"{k}={v:.4g}" for k, v in outcome.get("values", {}).items())
-        bar.write(f"trial {outcome['trial']:>3} {outcome['state']:<9} {params}  {values}  run {outcome['run']}")
+        say(f"trial {outcome['trial']:>3} {outcome['state']:<9} {params}  {values}  run {outcome['run']}")
         if outcome["state"] in ("complete", "pruned"):
             bar.update(1)
 
-    studies.work(study, space, trial_args, n_trials, store, method, lock, on_trial=on_trial)
+    studies.work(study, space, trial_args, n_trials, store, method, lock, on_trial=on_trial, on_start=on_start,
+                 report_every=report_seconds())
     bar.close()
 
 
@@ -122,7 +139,14 @@ def spawn_workers(worker_args: list[str], workers: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     procs = [subprocess.Popen([sys.executable, "-m", "bench", "sweep", *worker_args], env=env)
              for _ in range(workers)]
-    codes = [p.wait() for p in procs]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # pass the stop on: each worker re-queues its trial
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait()
+        raise
     if any(codes):
         raise UsageError(f"a sweep worker exited with code {max(codes)}; bench sweep status shows the trials")
 

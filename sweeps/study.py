@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from bench.config import build_config
 from bench.errors import UsageError, did_you_mean
-from bench.store import Store
+from bench.store import Run, Store
 from sweeps.space import SearchSpace
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -50,10 +50,9 @@ def open_storage(url: str, heartbeat: int):
             raise UsageError(f"storage={url}: the folder {path.parent} does not exist; create it or give another path")
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-        )
+        # Stale trials are failed and re-queued by recover_stale, which also asks the trial's run whether its
+        # worker is gone; Optuna's own callback would re-queue on the heartbeat alone.
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
     except Exception as err:  # SQLAlchemy raises many kinds; the user needs the URL and the reason
         raise UsageError(f"cannot open storage '{url}': {str(err).splitlines()[0]}") from None
 
@@ -120,7 +119,11 @@ def heartbeat_interval(study) -> int | None:
 
 @contextlib.contextmanager
 def heartbeat(study, trial):
-    """Record the trial's heartbeat from a thread while it runs (Optuna only does so inside optimize())."""
+    """Record the trial's heartbeat from a thread while it runs (Optuna only does so inside optimize()).
+
+    A storage error ("database is locked" under many workers) is retried at the next beat, not allowed to end
+    the thread: a silent thread would get a live trial failed and run twice.
+    """
     storage, interval = study._storage, heartbeat_interval(study)
     if not interval:
         yield
@@ -129,7 +132,13 @@ def heartbeat(study, trial):
 
     def beat():
         while not stop.is_set():
-            storage.record_heartbeat(trial._trial_id)
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception as err:  # SQLAlchemy's errors vary by server; each one is worth another try
+                warnings.warn(f"heartbeat of trial {trial.number} failed ({str(err).splitlines()[0]}); retrying",
+                              RuntimeWarning, stacklevel=1)
+                stop.wait(min(1.0, interval))
+                continue
             stop.wait(interval)
 
     thread = threading.Thread(target=beat, daemon=True)
@@ -141,16 +150,47 @@ def heartbeat(study, trial):
         thread.join()
 
 
+# A trial's run takes its writer lock milliseconds after it is created; younger runs are not judged by it.
+LOCK_GRACE_SECONDS = 5
+
+
+def worker_gone(study, trial, store: Store, stale_by_heartbeat: set[int]) -> bool:
+    """Whether the worker of a RUNNING trial is really gone.
+
+    The trial's run holds a writer lock while it trains, and the lock goes with its process however it ends: where
+    the run is in this store, that decides (with the heartbeat agreeing, where the storage keeps one, in case the
+    store is a shared filesystem whose locks do not cross machines). Where it is not, only heartbeats can tell.
+    """
+    heartbeats = heartbeat_interval(study) is not None
+    run_id = trial.user_attrs.get("run_id")
+    run = Run(store, run_id) if run_id else None
+    if run is not None and (run.dir / "run.json").exists():
+        created = (run.dir / "run.json").stat().st_mtime
+        if time.time() - created < LOCK_GRACE_SECONDS or run.has_writer():
+            return False
+        return not heartbeats or trial._trial_id in stale_by_heartbeat
+    return heartbeats and trial._trial_id in stale_by_heartbeat
+
+
 def recover_stale(study, store: Store) -> None:
-    """Fail and re-queue trials whose worker stopped beating, and fail their runs."""
-    if not heartbeat_interval(study):
+    """Fail the trials whose worker is gone, re-queue their parameters, and fail their runs: on every storage."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
         return
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    optuna.storages.fail_stale_trials(study)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+    storage = study._storage
+    stale = set(storage._get_stale_trial_ids(study._study_id)) if heartbeat_interval(study) else set()
+    for trial in running:
+        if not worker_gone(study, trial, store, stale):
+            continue
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue  # another worker recovered it first
+        except RuntimeError:
+            continue  # it finished or was recovered in the meantime
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         run_id = trial.user_attrs.get("run_id")
-        if trial.number in before and run_id:
-            with contextlib.suppress(UsageError):
+        if run_id:
+            with contextlib.suppress(UsageError, OSError):
                 store.get(run_id).fail(f"its sweep worker stopped during trial {trial.number}; the trial was re-queued")
 
 
@@ -175,7 +215,8 @@ def next_trial(study, n_trials: int, lock: Path | None, store: Store):
         time.sleep(1.0)
 
 
-def run_trial(study, trial, space: SearchSpace, run_args: list[str], store: Store, method: str) -> dict:
+def run_trial(study, trial, space: SearchSpace, run_args: list[str], store: Store, method: str, on_start=None,
+              report_every: float | None = None) -> dict:
     """One trial: a normal run in the store, linked both ways; returns a line for the user."""
     from bench.train.trainer import Diverged, Trainer
 
@@ -184,6 +225,8 @@ def run_trial(study, trial, space: SearchSpace, run_args: list[str], store: Stor
     cfg = build_config(args, base=[f"{k}={v}" for k, v in space.fixed.items()])
     run = store.create(cfg.to_dict(), study=study.study_name, trial=trial.number)
     trial.set_user_attr("run_id", run.id)
+    if on_start is not None:
+        on_start({"trial": trial.number, "run": run.id, "params": values})
     single = len(space.objectives) == 1
     metric = space.objectives[0][0]
 
@@ -197,29 +240,48 @@ def run_trial(study, trial, space: SearchSpace, run_args: list[str], store: Stor
     outcome = {"trial": trial.number, "run": run.id, "params": values}
     with heartbeat(study, trial), run.writing():
         try:
-            summary = Trainer(cfg, run, progress=False, on_eval=report).fit()
+            summary = Trainer(cfg, run, progress=False, on_eval=report, report_every=report_every).fit()
         except optuna.TrialPruned as err:
             run.update(status="pruned", message=str(err))
-            study.tell(trial, state=TrialState.PRUNED)
+            tell(study, trial, state=TrialState.PRUNED)
             return {**outcome, "state": "pruned"}
         except Diverged as err:
             run.fail(str(err))
-            study.tell(trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
             return {**outcome, "state": "failed", "why": str(err)}
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: this worker stops, the trial is done again later
+            run.update(status="interrupted", message=f"{err or 'Ctrl-C'}; the trial was re-queued")
+            if tell(study, trial, state=TrialState.FAIL):
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+            raise
+        except Exception as err:
+            run.fail(f"{type(err).__name__}: {err}")
+            tell(study, trial, state=TrialState.FAIL)
+            raise
     run.finish(summary)
     objective = [summary["metrics"][m] for m, _ in space.objectives]
-    study.tell(trial, objective)
+    if not tell(study, trial, objective):
+        return {**outcome, "state": "complete", "values": {}, "note": "another worker had given the trial up"}
     return {**outcome, "state": "complete", "values": dict(zip([m for m, _ in space.objectives], objective,
                                                                 strict=True))}
 
 
+def tell(study, trial, values=None, state=None) -> bool:
+    """study.tell, except for a trial another worker already failed and re-queued (its worker looked gone): then
+    the run keeps its result and the study its re-queued copy. False in that case."""
+    if study._storage.get_trial(trial._trial_id).state.is_finished():
+        return False
+    study.tell(trial, values, state=state, skip_if_finished=True)
+    return True
+
+
 def work(study, space: SearchSpace, run_args: list[str], n_trials: int, store: Store, method: str, lock,
-         on_trial=None) -> None:
+         on_trial=None, on_start=None, report_every: float | None = None) -> None:
     while True:
         trial = next_trial(study, n_trials, lock, store)
         if trial is None:
             return
-        outcome = run_trial(study, trial, space, run_args, store, method)
+        outcome = run_trial(study, trial, space, run_args, store, method, on_start, report_every)
         if on_trial is not None:
             on_trial(outcome)
 

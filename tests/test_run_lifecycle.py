@@ -106,3 +106,13 @@ def test_a_booby_trapped_pickle_in_a_checkpoint_is_never_unpickled(results, tmp_
     assert main(["run", f"init={run.id}", "preset=smoke", "train.steps=2", "backend.image_size=4",
                  f"results.dir={results}"]) == 0
     assert not marker.exists()
+
+
+def test_a_run_in_a_log_file_reports_its_progress(results):
+    """No terminal, so no bar: a line every BENCH_REPORT_SECONDS with the step, rate, ETA, reward and divergence."""
+    proc = bench("run", "preset=smoke", "train.steps=200", "backend.image_size=4", "backend.prompts=2",
+                 results=results, env={"BENCH_REPORT_SECONDS": "0.2"}, check=True)
+    lines = [line for line in proc.stderr.splitlines() if " step/s, ETA " in line]
+    assert len(lines) >= 2, proc.stderr
+    assert lines[-1].startswith("di_star ") and "step 200/200 (100%)" in lines[-1]
+    assert "reward " in lines[0] and ", div " in lines[0]

@@ -1,6 +1,7 @@
 """Sweeps: real Optuna studies whose trials are runs in the store (issue: sweeps)."""
 
 import json
+import os
 import signal
 
 import optuna
@@ -97,8 +98,7 @@ def test_a_killed_worker_leaves_a_failed_trial_and_the_study_goes_on(results):
     assert states.count(optuna.trial.TrialState.FAIL) == 1
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3
     failed = next(t for t in trials if t.state == optuna.trial.TrialState.FAIL)
-    retried = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
-               == failed.number]
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == failed.number]
     assert len(retried) == 1 and retried[0].params == failed.params
     info = Store(results).get(killed_run).info
     assert info["status"] == "failed" and "re-queued" in info["message"]
@@ -155,7 +155,7 @@ def test_bad_search_space_is_refused_before_any_trial(tmp_path, results, capsys,
     err = capsys.readouterr().err
     assert message in err and err.startswith("bench: error: search space space.yaml: ")
     assert not (results / "runs").exists()
-    assert optuna.get_all_study_names(storage_of(results)) == []
+    assert not (results / "studies.db").exists()  # nothing left behind by a refused command
 
 
 def test_status_of_a_missing_study_names_the_ones_there(results, capsys):
@@ -197,3 +197,77 @@ def test_studies_open_in_optuna_dashboard(results):
     assert summary["study_name"] == "viewed"
     trials = get(f"/api/studies/{summary['study_id']}")["trials"]
     assert len(trials) == 2 and {t["state"] for t in trials} == {"Complete"}
+
+
+class FlakyStorage:
+    """An SQL storage under load: the first heartbeats fail with 'database is locked'."""
+
+    def __init__(self, failures):
+        self.failures, self.beats = failures, 0
+
+    def get_heartbeat_interval(self):
+        return 0.05
+
+    def record_heartbeat(self, trial_id):
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        self.beats += 1
+
+
+def test_the_heartbeat_outlives_storage_errors():
+    from types import SimpleNamespace
+
+    from sweeps.study import heartbeat
+
+    storage = FlakyStorage(failures=3)
+    study, trial = SimpleNamespace(_storage=storage), SimpleNamespace(_trial_id=1, number=0)
+    with pytest.warns(RuntimeWarning, match="database is locked"), heartbeat(study, trial):
+        wait_until(lambda: storage.beats >= 3, timeout=10)
+
+
+def test_a_live_worker_is_not_given_up_for_a_late_heartbeat(results):
+    """Only a worker that is really gone loses its trial: a run whose writer lives keeps it, heartbeat or not."""
+    from types import SimpleNamespace
+
+    from sweeps import study as studies
+
+    assert main(["run", "preset=smoke", "train.steps=2", *FAST, f"results.dir={results}"]) == 0
+    run = Store(results).get(Store(results).rows()[0]["id"])
+    sql = SimpleNamespace(_storage=SimpleNamespace(get_heartbeat_interval=lambda: 10))
+    trial = SimpleNamespace(_trial_id=7, user_attrs={"run_id": run.id})
+    os.utime(run.dir / "run.json", (0, 0))  # long past the grace after creation
+    with run.writing():
+        assert not studies.worker_gone(sql, trial, Store(results), stale_by_heartbeat={7})
+    assert studies.worker_gone(sql, trial, Store(results), stale_by_heartbeat={7})
+    assert not studies.worker_gone(sql, trial, Store(results), stale_by_heartbeat=set())  # the heartbeat disagrees
+    journal = SimpleNamespace(_storage=SimpleNamespace())  # no heartbeats: the lock alone
+    assert studies.worker_gone(journal, trial, Store(results), stale_by_heartbeat=set())
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL on a journal"])
+def test_a_stopped_sweep_re_queues_its_trial_and_the_study_completes(results, tmp_path, stop):
+    storage = [] if stop == "SIGTERM" else [f"storage=journal:{tmp_path / 'journal.log'}"]
+    args = ["sweep", "method=di_pp", "study=stopped", "n_trials=2", *storage, *FAST, "train.steps=400"]
+    proc = bench_process(*args, results=results, env={"OMP_NUM_THREADS": "1"})
+    wait_until(lambda: (results / "runs").exists() and any((results / "runs").glob("*/metrics.jsonl")), proc=proc)
+    proc.send_signal(signal.SIGTERM if stop == "SIGTERM" else signal.SIGKILL)
+    proc.wait(timeout=60)
+    first = next((results / "runs").iterdir()).name
+    if stop == "SIGTERM":
+        assert proc.returncode == 130
+        assert Store(results).get(first).info["status"] == "interrupted"
+    finished = bench(*args, results=results, env={"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    storage_url = f"journal:{tmp_path / 'journal.log'}" if storage else storage_of(results)
+    if storage:
+        from sweeps.study import open_storage
+
+        storage_url = open_storage(storage_url, 10)
+    trials = optuna.load_study(study_name="stopped", storage=storage_url).get_trials()
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2 and states.count(optuna.trial.TrialState.FAIL) == 1
+    failed = next(t for t in trials if t.state == optuna.trial.TrialState.FAIL)
+    assert [t.params for t in trials if t.user_attrs.get("retry_of") == failed.number] == [failed.params]
+    assert Store(results).get(first).info["status"] in ("interrupted", "failed")
+    assert " started " in finished.stdout  # a line as each trial starts, in a log as on a terminal

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 
 import torch
@@ -75,6 +76,26 @@ class EMA:
             self.params[name].copy_(value)
 
 
+class ProgressLines:
+    """Progress where no terminal shows a bar (a cluster job's log): a line every `every` seconds."""
+
+    def __init__(self, label: str, total: int, initial: int, every: float):
+        self.label, self.total, self.every = label, total, every
+        self.start_step, self.start = initial, time.perf_counter()
+        self.last = self.start
+
+    def update(self, step: int, record: dict) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every and step < self.total:
+            return
+        self.last = now
+        rate = (step - self.start_step) / max(now - self.start, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        print(f"{self.label}: step {step}/{self.total} ({100 * step / self.total:.0f}%), {rate:.2f} step/s, "
+              f"ETA {eta:.0f} s, reward {record['reward']:.4g}, div {record.get('div', float('nan')):.3g}",
+              file=sys.stderr, flush=True)
+
+
 class Progress:
     """The counters a checkpoint carries besides the networks, optimisers and EMA."""
 
@@ -93,9 +114,12 @@ def precision_of(cfg: RunConfig) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run: Run | None, progress: bool = True, on_eval=None):
-        """`on_eval(step, metrics)` sees every evaluation; a sweep uses it to prune (by raising)."""
+    def __init__(self, cfg: RunConfig, run: Run | None, progress: bool = True, on_eval=None,
+                 report_every: float | None = None):
+        """`on_eval(step, metrics)` sees every evaluation; a sweep uses it to prune (by raising). Without a progress
+        bar, `report_every` seconds between progress lines (for a log file); None for none."""
         self.cfg, self.run, self.progress, self.on_eval = cfg, run, progress, on_eval
+        self.report_every = report_every
         if cfg.device.startswith("cuda:"):
             torch.cuda.set_device(torch.device(cfg.device))
         # Autocast is ours, not accelerate's: its precision is fixed once per process, and a sweep or a
@@ -310,6 +334,8 @@ class Trainer:
             self.evaluate()
         bar = tqdm(total=train.steps, initial=self.step, desc=f"{self.method.name} {self.run.id}", unit="step",
                    disable=not (self.progress and self.main), dynamic_ncols=True, mininterval=0.5)
+        lines = ProgressLines(f"{self.method.name} {self.run.id}", train.steps, self.step, self.report_every) \
+            if self.main and self.report_every and not self.progress else None
         window: list[dict] = []
         started = time.perf_counter() - counters.wall
         while self.step < train.steps:
@@ -319,6 +345,8 @@ class Trainer:
                 if self.main:
                     self.run.log({"kind": "train", "step": self.step, **record})
                 bar.set_postfix(reward=f"{record['reward']:.3f}", div=f"{record.get('div', float('nan')):.3g}")
+                if lines is not None:
+                    lines.update(self.step, record)
                 window = []
             if (train.eval_every and self.step % train.eval_every == 0) or self.step == train.steps:
                 self.evaluate()
