@@ -75,6 +75,8 @@ class RunConfig:
     weights: str = param("", "folder with the image scorers' weights, one subfolder per scorer (or BENCH_WEIGHTS)")
     seed: int = param(0, "seed of initialisation and training noise")
     device: str = param("cpu", "torch device: cpu, cuda, cuda:N or auto")
+    threads: int = param(0, "torch CPU threads (0: OMP_NUM_THREADS if set, else 1 for the analytic world, whose small "
+                         "tensors gain little from more, else this machine's cores over its processes)", ge=0)
     name: str = param("", "optional label stored with the run")
     resume: str = param("", "continue a run: 'latest' or a run id (its saved configuration is used)")
     init: str = param("", "start the generator (its EMA weights) and the fake score from a run's last checkpoint, "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 
@@ -107,6 +108,30 @@ def trainable(module: torch.nn.Module):
     return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
 
 
+def thread_count(cfg: RunConfig) -> int:
+    """torch's CPU threads for this run: sized to the work and to the processes sharing the machine.
+
+    torch's default (every core) oversubscribes as soon as anything else runs: on two cores, two analytic runs side
+    by side took 8.3 times as long as one alone with two threads each, 1.13 times with one each, while one run
+    alone gains only 16% from a second thread (benchmarks/side_by_side.py).
+    """
+    if cfg.threads:
+        return cfg.threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    if cfg.backend.name == "analytic":
+        return 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, (os.cpu_count() or 1) // local_processes)
+
+
+def size_thread_pools(cfg: RunConfig) -> None:
+    threads = thread_count(cfg)
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # settable only before the first parallel work of the process
+        torch.set_num_interop_threads(threads)
+
+
 def precision_of(cfg: RunConfig) -> str:
     if cfg.train.precision == "auto":
         return "bf16" if cfg.device.startswith("cuda") else "fp32"
@@ -125,6 +150,7 @@ class Trainer:
         # Autocast is ours, not accelerate's: its precision is fixed once per process, and a sweep or a
         # benchmark trains several configurations in one.
         self.precision = precision_of(cfg)
+        size_thread_pools(cfg)
         self.accelerator = accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision="no")
         self.device = accelerator.device
         self.ranks, self.rank = accelerator.num_processes, accelerator.process_index
