@@ -94,7 +94,7 @@ def sweep_main(args: list[str]) -> int:
     signal.signal(signal.SIGTERM, terminated)  # a cluster's stop: the trial in progress is re-queued
     try:
         if workers == 1:
-            work_here(study, space, trial_args, n_trials, store, method, studies.lock_path(url))
+            work_here(study, space, trial_args, n_trials, store, method, url)
         else:
             spawn_workers(worker_args, workers)
     except KeyboardInterrupt as err:
@@ -106,7 +106,7 @@ def sweep_main(args: list[str]) -> int:
     return 0
 
 
-def work_here(study, space, trial_args, n_trials, store, method, lock) -> None:
+def work_here(study, space, trial_args, n_trials, store, method, url) -> None:
     from tqdm import tqdm
 
     from sweeps import study as studies
@@ -128,7 +128,7 @@ def work_here(study, space, trial_args, n_trials, store, method, lock) -> None:
         if outcome["state"] in ("complete", "pruned"):
             bar.update(1)
 
-    studies.work(study, space, trial_args, n_trials, store, method, lock, on_trial=on_trial, on_start=on_start,
+    studies.work(study, space, trial_args, n_trials, store, method, url, on_trial=on_trial, on_start=on_start,
                  report_every=report_seconds())
     bar.close()
 

@@ -2,13 +2,16 @@
 
 Workers share one storage. Each trial records a heartbeat; a trial whose worker died goes stale, is marked
 failed and re-queued with the same parameters (RDB storages), and its run is marked failed too. Trials are
-claimed under a file lock when the storage is a local file, so N workers complete exactly n_trials.
+claimed under a lock (a file lock beside a local storage, the database's named lock on a server), so N workers
+complete exactly n_trials.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import importlib.util
 import threading
 import time
 import warnings
@@ -37,6 +40,20 @@ class GridSampler(optuna.samplers.GridSampler):
         pass
 
 
+class TPESampler(optuna.samplers.TPESampler):
+    """Optuna's TPE with its random draws keyed by (seed, trial number). Workers all start with the same seed;
+    with one stream a process they would suggest the same parameters for their first trials, one copy each."""
+
+    def __init__(self, seed: int):
+        super().__init__(seed=seed)
+        self.seed = seed
+
+    def before_trial(self, study, trial) -> None:
+        for state in (self._rng, self._random_sampler._rng):
+            state.rng.seed([self.seed, trial.number])
+        super().before_trial(study, trial)
+
+
 def default_storage(results_dir) -> str:
     return f"sqlite:///{Path(results_dir).resolve()}/studies.db"
 
@@ -49,16 +66,36 @@ def open_storage(url: str, heartbeat: int):
         if not path.parent.is_dir():
             raise UsageError(f"storage={url}: the folder {path.parent} does not exist; create it or give another path")
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    try:
-        # Stale trials are failed and re-queued by recover_stale, which also asks the trial's run whether its
-        # worker is gone; Optuna's own callback would re-queue on the heartbeat alone.
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
-    except Exception as err:  # SQLAlchemy raises many kinds; the user needs the URL and the reason
-        raise UsageError(f"cannot open storage '{url}': {str(err).splitlines()[0]}") from None
+    for attempt in range(3):
+        try:
+            # Stale trials are failed and re-queued by recover_stale, which also asks the trial's run whether its
+            # worker is gone; Optuna's own callback would re-queue on the heartbeat alone.
+            return optuna.storages.RDBStorage(with_driver(url), heartbeat_interval=heartbeat,
+                                              grace_period=3 * heartbeat)
+        except Exception as err:  # SQLAlchemy raises many kinds; the user needs the URL and the reason
+            # Workers started together on an empty database race to create Optuna's tables; the losers find them
+            # made on the next try.
+            racing = "already exists" in str(err) or "duplicate key" in str(err)
+            if attempt == 2 or not racing:
+                raise UsageError(f"cannot open storage '{url}': {str(err).splitlines()[0]}") from None
+            time.sleep(0.5 + attempt)
+
+
+def with_driver(url: str) -> str:
+    """A plain postgresql:// URL names SQLAlchemy's default driver, psycopg2; where only psycopg 3 is installed
+    (our `postgres` extra), use that instead of failing on a missing module."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres") or not sep:
+        return url
+    if importlib.util.find_spec("psycopg2") is not None:
+        return url
+    if importlib.util.find_spec("psycopg") is None:
+        raise UsageError(f"storage={url} needs a PostgreSQL driver: pip install 'onestep-align-bench[postgres]'")
+    return f"postgresql+psycopg://{rest}"
 
 
 def lock_path(url: str) -> Path | None:
-    """Our trial-claim lock beside a file-based storage; server storages (PostgreSQL, MySQL) have none.
+    """Our trial-claim lock beside a file-based storage.
 
     Not `<file>.lock`: that is the name of Optuna's own lock for journal files, which would wait out its grace
     period on ours and then delete it.
@@ -70,16 +107,39 @@ def lock_path(url: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def claim_lock(path: Path | None):
-    if path is None:
-        yield
+def claim_lock(study, url: str):
+    """Held while a worker counts the study's trials and asks for one, so N workers complete exactly n_trials.
+
+    A file lock beside a local storage; on a database server, the server's own named lock (PostgreSQL advisory
+    lock, MySQL GET_LOCK), held by a connection of ours: it goes with the connection when a worker dies.
+    """
+    path = lock_path(url)
+    if path is not None:
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
         return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    engine = getattr(getattr(study._storage, "_backend", study._storage), "engine", None)
+    dialect = engine.dialect.name if engine is not None else ""
+    if dialect not in ("postgresql", "mysql"):
+        yield  # no lock to be had: counting may overshoot n_trials by a trial per extra worker
+        return
+    from sqlalchemy import text
+
+    key = int.from_bytes(hashlib.sha256(f"bench-sweep:{study.study_name}".encode()).digest()[:8], "big", signed=True)
+    take, give = (("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)") if dialect == "postgresql"
+                  else ("SELECT GET_LOCK(CAST(:key AS CHAR), -1)", "SELECT RELEASE_LOCK(CAST(:key AS CHAR))"))
+    with engine.connect() as connection:
+        connection.execute(text(take), {"key": key})
+        connection.commit()
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            connection.execute(text(give), {"key": key})
+            connection.commit()
 
 
 def create_study(storage, name: str, space: SearchSpace, method: str, run_args: list[str], seed: int):
@@ -87,7 +147,7 @@ def create_study(storage, name: str, space: SearchSpace, method: str, run_args: 
     study = optuna.create_study(
         storage=storage, study_name=name, directions=space.directions, load_if_exists=True,
         sampler=(GridSampler(space.grid, seed=seed) if space.grid
-                 else optuna.samplers.TPESampler(seed=seed)),
+                 else TPESampler(seed)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
     )
     saved = study.user_attrs.get("identity")
@@ -194,7 +254,7 @@ def recover_stale(study, store: Store) -> None:
                 store.get(run_id).fail(f"its sweep worker stopped during trial {trial.number}; the trial was re-queued")
 
 
-def next_trial(study, n_trials: int, lock: Path | None, store: Store):
+def next_trial(study, n_trials: int, url: str, store: Store):
     """The next trial to run, or None when the study has reached its target.
 
     Waiting (re-queued) trials come first. A new trial is created only while fewer than n_trials are done or
@@ -203,7 +263,7 @@ def next_trial(study, n_trials: int, lock: Path | None, store: Store):
     """
     while True:
         recover_stale(study, store)
-        with claim_lock(lock):
+        with claim_lock(study, url):
             trials = study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             done = sum(t.state in DONE for t in trials)
@@ -275,10 +335,10 @@ def tell(study, trial, values=None, state=None) -> bool:
     return True
 
 
-def work(study, space: SearchSpace, run_args: list[str], n_trials: int, store: Store, method: str, lock,
+def work(study, space: SearchSpace, run_args: list[str], n_trials: int, store: Store, method: str, url: str,
          on_trial=None, on_start=None, report_every: float | None = None) -> None:
     while True:
-        trial = next_trial(study, n_trials, lock, store)
+        trial = next_trial(study, n_trials, url, store)
         if trial is None:
             return
         outcome = run_trial(study, trial, space, run_args, store, method, on_start, report_every)

@@ -271,3 +271,82 @@ def test_a_stopped_sweep_re_queues_its_trial_and_the_study_completes(results, tm
     assert [t.params for t in trials if t.user_attrs.get("retry_of") == failed.number] == [failed.params]
     assert Store(results).get(first).info["status"] in ("interrupted", "failed")
     assert " started " in finished.stdout  # a line as each trial starts, in a log as on a terminal
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server, started from the pgserver wheel's binaries in a temporary folder."""
+    import pgserver
+
+    folder = tmp_path_factory.mktemp("pg")
+    server = pgserver.get_server(folder, cleanup_mode="stop")
+    yield f"postgresql://postgres:@/postgres?host={folder}"
+    server.cleanup()
+
+
+def writer_pid(run_dir) -> int | None:
+    lock = run_dir / ".writer.lock"
+    text = lock.read_text() if lock.exists() else ""
+    return int(text.split()[1]) if text.startswith("pid ") else None
+
+
+def test_workers_on_postgresql_survive_one_killed_and_complete_exactly_the_target(results, postgres):
+    """Three workers, as on three machines, share a PostgreSQL study; one is SIGKILLed mid-trial. Trials are
+    claimed under the server's advisory lock, the dead trial is found by heartbeat and writer lock, re-queued once,
+    and the study ends with exactly n_trials complete and one run per trial."""
+    args = ["sweep", "method=di_pp", "study=pg", "n_trials=4", f"storage={postgres}", "heartbeat=1", *FAST,
+            "train.steps=300"]
+    workers = [bench_process(*args, results=results, env={"OMP_NUM_THREADS": "1"}) for _ in range(3)]
+    doomed = workers[0]
+
+    def doomed_is_training():
+        runs = results / "runs"
+        return runs.exists() and any(writer_pid(d) == doomed.pid and (d / "metrics.jsonl").exists()
+                                     for d in runs.iterdir())
+
+    wait_until(doomed_is_training, proc=doomed, interval=0.05)
+    doomed.send_signal(signal.SIGKILL)
+    killed_run = next(d.name for d in (results / "runs").iterdir() if writer_pid(d) == doomed.pid)
+    for proc in workers[1:]:
+        assert proc.wait(timeout=400) == 0
+    from sweeps.study import open_storage
+
+    trials = optuna.load_study(study_name="pg", storage=open_storage(postgres, 1)).get_trials()
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and states.count(optuna.trial.TrialState.FAIL) == 1
+    failed = next(t for t in trials if t.state == optuna.trial.TrialState.FAIL)
+    assert failed.user_attrs["run_id"] == killed_run
+    assert [t.params for t in trials if t.user_attrs.get("retry_of") == failed.number] == [failed.params]
+    first_tries = [tuple(t.params.values()) for t in trials if "retry_of" not in t.user_attrs]
+    assert len(set(first_tries)) == 4  # workers with one sampler seed still suggest different parameters
+    runs = Store(results).rows("WHERE study = ?", ("pg",))
+    assert len(runs) == 5 and len({r["trial"] for r in runs}) == 5  # one run a trial, none run twice
+    finished = {t.user_attrs["run_id"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert {r["id"] for r in runs if r["status"] == "finished"} == finished
+    assert Store(results).get(killed_run).info["status"] == "failed"
+
+
+def test_the_claim_lock_on_postgresql_excludes_other_workers(postgres):
+    """Counting trials and asking for one happen under the server's lock: a second connection waits for it."""
+    import threading
+
+    from sweeps.study import claim_lock, open_storage
+
+    def study():
+        return optuna.create_study(storage=open_storage(postgres, 1), study_name="claims", load_if_exists=True)
+
+    mine, theirs = study(), study()
+    order = []
+
+    def claim_theirs():
+        with claim_lock(theirs, postgres):
+            order.append("theirs")
+
+    with claim_lock(mine, postgres):
+        other = threading.Thread(target=claim_theirs)
+        other.start()
+        other.join(timeout=1.0)
+        assert other.is_alive()  # still waiting
+        order.append("mine released")
+    other.join(timeout=10)
+    assert order == ["mine released", "theirs"]
