@@ -1,6 +1,8 @@
-"""Time to first render of the leaderboard on a synthetic 500-run store, cold and with a warm cache.
+"""Time to first render of each dashboard page on synthetic 500- and 5,000-run stores, cold and with a warm cache.
 
-    python benchmarks/dashboard_render.py [--runs 500]
+    python benchmarks/dashboard_render.py [--runs 500 5000]
+
+Goals: the leaderboard's first render within 2 s at 500 runs and 5 s at 5,000.
 
 The store is one real smoke run cloned into --runs folders with varied methods, reward weights and seeds (a
 fixture for timing the app, not results), then indexed. The app is rendered with streamlit.testing's AppTest,
@@ -44,10 +46,18 @@ def build_store(root: Path, runs: int) -> None:
     store.reindex()
 
 
-def render(root: Path) -> tuple[float, float]:
+PAGES = ("leaderboard", "frontier", "run", "compare", "sweeps")
+
+
+def render(root: Path, page: str = "leaderboard") -> tuple[float, float]:
     os.environ["BENCH_RESULTS"] = str(root)
+    load_runs.clear()
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params["page"] = page
+    if page == "compare":
+        at.query_params["runs"] = ",".join(r["id"] for r in Store(root).rows()[:2])
     start = time.perf_counter()
-    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.run()
     cold = time.perf_counter() - start
     assert not at.exception, at.exception
     start = time.perf_counter()
@@ -57,18 +67,20 @@ def render(root: Path) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--runs", type=int, nargs="+", default=[500, 5000])
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as small, tempfile.TemporaryDirectory() as large:
-        build_store(Path(small), 1)
-        build_store(Path(large), args.runs)
-        render(Path(small))  # imports (pandas, altair, optuna) happen once per process: keep them out of both
-        load_runs.clear()
-        base_cold, base_warm = render(Path(small))
-        cold, warm = render(Path(large))
-        print(f"{'store':<12}{'first render':>14}{'rerun (cached)':>16}")
-        print(f"{'1 run':<12}{base_cold:>13.2f}s{base_warm:>15.2f}s")
-        print(f"{f'{args.runs} runs':<12}{cold:>13.2f}s{warm:>15.2f}s")
+    with tempfile.TemporaryDirectory() as folder:
+        stores = {}
+        for size in (1, *args.runs):
+            stores[size] = Path(folder) / str(size)
+            build_store(stores[size], size)
+        for page in PAGES:  # imports (pandas, altair, optuna) happen once per process: keep them out of the times
+            render(stores[1], page)
+        print(f"{'page':<13}{'store':>12}{'first render':>14}{'rerun (cached)':>16}")
+        for page in PAGES:
+            for size, root in stores.items():
+                cold, warm = render(root, page)
+                print(f"{page:<13}{f'{size} runs':>12}{cold:>13.2f}s{warm:>15.2f}s", flush=True)
 
 
 if __name__ == "__main__":

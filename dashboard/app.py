@@ -10,8 +10,11 @@ PAGES = {"Leaderboard": leaderboard.show, "Frontier": frontier.show, "Run": run.
 
 st.set_page_config(page_title="One-step alignment bench", layout="wide")
 root = data.results_root()
-requested = st.query_params.get("page", "Leaderboard")
-page = st.sidebar.radio("page", list(PAGES), index=list(PAGES).index(requested) if requested in PAGES else 0)
+# Deep links name a page in any case: ?page=compare&runs=A,B, ?page=run&run=A.
+names = [name.lower() for name in PAGES]
+requested = st.query_params.get("page", "leaderboard").lower()
+page = st.sidebar.radio("page", list(PAGES), index=names.index(requested) if requested in names else 0)
+st.query_params["page"] = page.lower()
 st.sidebar.caption(f"results: {data.plain(root)}")
 runs, warnings = data.load_runs(str(root), data.stamp(root))
 for warning in warnings:

@@ -30,6 +30,13 @@ def plain(text) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+!|<>~$])", r"\\\1", str(text))
 
 
+def run_link(run_ids: list[str]) -> str:
+    """The page of a run, or the comparison of a setting's seeds, as a relative address."""
+    if len(run_ids) == 1:
+        return f"?page=run&run={run_ids[0]}"
+    return f"?page=compare&runs={','.join(run_ids[:4])}"
+
+
 def results_root() -> Path:
     return Path(os.environ.get("BENCH_RESULTS", "results")).resolve()
 
@@ -109,6 +116,7 @@ def load_runs(root: str, key: tuple) -> tuple[pd.DataFrame, list[str]]:
         rows.append({
             "id": row["id"], "status": row["status"], "method": row["method"], "created": row["created"],
             "seed": config.get("seed"), "study": row["study"], "trial": row["trial"],
+            "steps": config.get("train", {}).get("steps"),
             "alpha_rew": config["method"].get("alpha_rew"), "alpha_cfg": config["method"].get("alpha_cfg"),
             "p*_at": target_of(config),
             "protocol": json.dumps(protocol, sort_keys=True), "protocol_label": protocol_label(protocol),
@@ -122,8 +130,8 @@ def load_runs(root: str, key: tuple) -> tuple[pd.DataFrame, list[str]]:
             if folder.name in indexed or not folder.is_dir():
                 continue
             warnings.append(f"skipped run folder {folder.name}: not in the index, or its files are unreadable")
-    frame = pd.DataFrame(rows, columns=["id", "status", "method", "created", "seed", "study", "trial", "alpha_rew",
-                                        "alpha_cfg", "p*_at", "protocol", "protocol_label", "setting",
+    frame = pd.DataFrame(rows, columns=["id", "status", "method", "created", "seed", "study", "trial", "steps",
+                                        "alpha_rew", "alpha_cfg", "p*_at", "protocol", "protocol_label", "setting",
                                         "optimum_curve", *METRICS])
     return frame, warnings
 

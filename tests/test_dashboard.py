@@ -16,7 +16,7 @@ from bench.config import build_config
 from bench.store import Store
 from dashboard.data import inside, plain
 
-from browser import wait_and_capture
+from browser import chromium_session
 from conftest import ROOT, bench_process, wait_until
 
 APP = str(ROOT / "dashboard" / "app.py")
@@ -73,13 +73,18 @@ def test_leaderboard_averages_seeds_within_a_protocol_and_keeps_reported_rows_ap
     assert plain("skipped run folder broken-run") in warnings
     assert plain(f"skipped run folder {MARKDOWN_NAME}") in warnings and "[click](" not in warnings
     assert "ranked together only when their evaluation protocol matches" in texts(at, "caption")
-    measured, reported = at.table[0].value, at.table[-1].value
+    measured, reported = at.dataframe[0].value, at.dataframe[-1].value
     assert set(measured["method"]) == {"di_pp", "kl_rlhf"}
     di_pp = measured[measured["method"] == "di_pp"].iloc[0]
     assert di_pp["seeds"] == 2 and "±" in di_pp["reward"]
-    assert set(di_pp["runs"].split(", ")) == set(ids(store, method="di_pp", study=None, status="finished"))
+    assert di_pp["steps"] == build_config(["preset=smoke"]).train.steps
+    seeds = ids(store, method="di_pp", study=None, status="finished")
+    assert set(di_pp["runs"].split(", ")) == set(seeds)
+    assert di_pp["open"] == f"?page=compare&runs={','.join(di_pp['runs'].split(', '))}"  # the seeds side by side
+    kl_rlhf = measured[measured["method"] == "kl_rlhf"].iloc[0]
+    assert kl_rlhf["open"] == f"?page=run&run={kl_rlhf['runs']}"
     assert set(reported["status"]) == {"reported"} and {"di_star", "di_pp"} <= set(reported["method"])
-    evaluated = at.table[1].value
+    evaluated = at.dataframe[1].value
     assert list(evaluated["run"]) == ids(store, method="kl_rlhf", study=None)
     assert list(evaluated["eval"]) == ["analytic-n8-seed0"]
     assert "prompts analytic" in " ".join(str(s.value) for s in at.subheader)
@@ -89,10 +94,10 @@ def test_leaderboard_averages_seeds_within_a_protocol_and_keeps_reported_rows_ap
 def test_leaderboard_filters_methods_and_sorts(app):
     at = app()
     at.sidebar.multiselect[0].set_value(["kl_rlhf"]).run()
-    assert list(at.table[0].value["method"]) == ["kl_rlhf"]
+    assert list(at.dataframe[0].value["method"]) == ["kl_rlhf"]
     at.sidebar.multiselect[0].set_value(["di_pp", "kl_rlhf"]).run()
     at.sidebar.selectbox[0].set_value("reward").run()
-    rewards = [float(v.split(" ")[0]) for v in at.table[0].value["reward"]]
+    rewards = [float(v.split(" ")[0]) for v in at.dataframe[0].value["reward"]]
     assert rewards == sorted(rewards, reverse=True)
 
 
@@ -121,18 +126,33 @@ def test_compare_page_shows_deltas_against_the_first_run(app, store):
     reward = [json.loads(Store(store).get(i).dir.joinpath("summary.json").read_text())["metrics"]["reward"]
               for i in (first, second)]
     assert float(table.loc["reward", f"Δ {second}"]) == pytest.approx(reward[1] - reward[0], abs=1e-3)
+    assert at.query_params["runs"] == f"{first},{second}"  # the address reproduces the view
+
+
+def test_a_deep_link_opens_the_comparison_with_one_step_for_all_grids(app, store):
+    first, second = ids(store, method="di_pp", study=None, status="finished")
+    at = app(page="compare", runs=f"{second},{first},no-such-run")
+    assert not at.exception
+    assert at.multiselect[0].value == [second, first]
+    assert "no-such-run" in texts(at, "warning")
+    smoke = build_config(["preset=smoke"]).train
+    assert at.select_slider[0].value == smoke.steps and len(at.select_slider) == 1  # one slider for all runs
+    images = [e for e in at.main if e.type == "image"]
+    assert len(images) == 2
+    at.select_slider[0].set_value(0).run()
+    assert all("step 0" in c.value for c in at.caption if first in c.value or second in c.value)
+    assert [e.type for e in at.main].count("vega_lite_chart") >= 3  # curves of both runs on shared axes
 
 
 def test_sweeps_page_lists_trials_and_maps_the_objective(app):
-    at = app(page="Sweeps")
-    at.selectbox[0].set_value("tiny").run()
-    assert not at.exception
-    trials = at.table[0].value
+    at = app(page="sweeps", study="tiny")
+    assert not at.exception and at.selectbox[0].value == "tiny"
+    trials = at.dataframe[0].value
     assert len(trials) == 3 and set(trials["state"]) == {"complete"}
     headings = " ".join(str(s.value) for s in at.subheader)
     assert f"{plain('mmd_star')} over alpha_rew and alpha_cfg" in headings
     assert plain("Parameter importance for mmd_star") in headings
-    assert [e.type for e in at.main].count("vega_lite_chart") >= 2  # the map and the importance bars
+    assert [e.type for e in at.main].count("vega_lite_chart") >= 3  # points, filled map, importance bars
 
 
 def test_sweeps_page_draws_the_pareto_front_of_a_multi_objective_study(app, store):
@@ -141,7 +161,7 @@ def test_sweeps_page_draws_the_pareto_front_of_a_multi_objective_study(app, stor
     at = app(page="Sweeps")
     at.selectbox[0].set_value("front").run()
     assert not at.exception
-    trials = at.table[0].value
+    trials = at.dataframe[0].value
     study = optuna.load_study(study_name="front", storage=f"sqlite:///{store}/studies.db")
     assert set(trials.loc[trials["pareto"], "trial"]) == {t.number for t in study.best_trials}
     assert "Pareto front" in " ".join(str(s.value) for s in at.subheader)
@@ -186,11 +206,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_served_dashboard_in_a_real_browser_shows_the_run_ids(store, tmp_path):
+def drawn(chart: dict) -> list[int]:
+    """How many items each data mark of a chart drew, after checking that none sits at a NaN coordinate or shows
+    NaN in its label (Vega draws nothing, or draws at NaN, for a field it cannot read)."""
+    for mark in chart["marks"]:
+        assert not any("NaN" in g for g in mark["geometry"]), mark
+        assert not any("NaN" in label for label in mark["labels"]), mark
+    assert "NaN" not in chart["text"], chart["text"]
+    return [mark["items"] for mark in chart["marks"]]
+
+
+def test_served_dashboard_draws_every_chart_in_a_real_browser(store, tmp_path):
+    """Every page through `bench dashboard` in headless Chromium, each chart's drawn marks read from its SVG."""
     browser = chromium()
     port = free_port()
     server = bench_process("dashboard", "--results", str(store), "--port", str(port))
-    expected = ids(store, study=None, status="finished")
+    kl_run = ids(store, method="kl_rlhf", study=None)[0]
+    pair = ids(store, method="di_pp", study=None, status="finished")
+    base = f"http://127.0.0.1:{port}/"
+    visits = {  # the link cells hold their address (shown as "run page")
+        "leaderboard": (base, ["Leaderboard", "Reported in papers", f"?page=run&run={kl_run}", "?page=compare&runs="]),
+        "frontier": (base + "?page=frontier", ["Reward-divergence frontier"]),
+        "run": (base + f"?page=run&run={kl_run}", ["Per-prompt scores"]),
+        "compare": (base + f"?page=compare&runs={','.join(pair)}", ["Evaluation curves"]),
+        "sweep": (base + "?page=sweeps&study=tiny", ["Parameter importance"]),
+        "pareto": (base + "?page=sweeps&study=front", ["Pareto front"]),
+    }
 
     def listening():
         with socket.socket() as s:
@@ -198,16 +239,27 @@ def test_served_dashboard_in_a_real_browser_shows_the_run_ids(store, tmp_path):
 
     try:
         wait_until(listening, proc=server, timeout=60, interval=0.2)
-        text, png = wait_and_capture(browser, f"http://127.0.0.1:{port}/", expected, str(tmp_path / "profile"))
+        with chromium_session(browser, str(tmp_path / "profile")) as open_page:
+            pages = {name: open_page(url, expected) for name, (url, expected) in visits.items()}
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert not listening_on(port)  # bench dashboard is the server itself: nothing is left serving
-    assert "Leaderboard" in text
-    for run_id in expected:
-        assert run_id in text
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a blank page is about 11 kB
-    (tmp_path / "leaderboard.png").write_bytes(png)
+    for name, page in pages.items():
+        (tmp_path / f"{name}.png").write_bytes(page.png)
+        assert page.png[:8] == b"\x89PNG\r\n\x1a\n" and len(page.png) > 50_000, name  # a blank page: ~11 kB
+        assert all(item in page.text for item in visits[name][1]), (name, page.text[:3000])
+        for chart in page.charts:
+            assert sum(drawn(chart)) > 0, (name, chart["text"][:200])
+    assert {"di_pp", "kl_rlhf"} <= set(pages["leaderboard"].text.split("\n"))  # the grid's cells, drawn
+    assert len(pages["leaderboard"].charts) >= 1  # the frontier of the analytic protocol
+    assert len(pages["frontier"].charts) == 1 and len(drawn(pages["frontier"].charts[0])) == 2  # bound and runs
+    assert len(pages["run"].charts) >= 6 and len(pages["compare"].charts) >= 3
+    points, filled, _importance = pages["sweep"].charts
+    assert drawn(points) == [3]  # one point a complete trial of study tiny
+    assert drawn(filled)[0] >= 1  # cells of the filled map
+    front = next(c for c in pages["pareto"].charts if "pareto" in c["text"])  # its legend
+    assert drawn(front) == [4]
 
 
 def listening_on(port: int) -> set[str]:

@@ -195,7 +195,7 @@ def test_leaderboard_shows_a_pipeline_evaluation_with_its_scores(results, assets
     monkeypatch.setenv("BENCH_RESULTS", str(results))
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60).run()
     assert not at.exception
-    (table,) = [t.value for t in at.table if "eval" in t.value.columns]
+    (table,) = [t.value for t in at.dataframe if "eval" in t.value.columns]
     assert list(table["method"]) == ["external pipeline"] and table["eval"].iloc[0] == "builtin-n1-sub2-seed0"
     assert {"hpsv2", "pickscore"} <= set(table.columns)
     subheaders = " ".join(str(h.value) for h in at.subheader).replace("\\", "")  # shown text is markdown-escaped

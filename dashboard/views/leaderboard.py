@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from bench.eval import METRIC_LABELS, evaluation_columns
-from dashboard.data import METRICS, load_evals, load_reported, plain, stamp
+from dashboard.data import METRICS, load_evals, load_reported, plain, run_link, stamp
+from dashboard.views import frontier
 
 LOWER_IS_BETTER = {"kl_ref", "nll_ref", "fd_ref", "mmd_ref", "fd_star", "mmd_star", "fid"}
 
@@ -17,12 +18,13 @@ def aggregate(group: pd.DataFrame) -> pd.DataFrame:
     for _, runs in group.groupby("setting", sort=False):
         first = runs.iloc[0]
         row = {"method": first["method"], "alpha_rew": first["alpha_rew"], "alpha_cfg": first["alpha_cfg"],
-               "p*_at": first["p*_at"], "seeds": len(runs)}
+               "steps": first["steps"], "p*_at": first["p*_at"], "seeds": len(runs)}
         for metric in METRICS:
             values = runs[metric].dropna()
             row[metric] = values.mean() if len(values) else None
             row[f"{metric}_sd"] = values.std(ddof=1) if len(values) > 1 else None
         row["runs"] = ", ".join(runs["id"])
+        row["open"] = run_link(list(runs["id"]))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -34,11 +36,16 @@ def mean_sd(mean, sd) -> str:
 
 
 def formatted(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    out = table[["method", "alpha_rew", "alpha_cfg", "p*_at", "seeds"]].copy()
+    out = table[["method", "open", "alpha_rew", "alpha_cfg", "steps", "p*_at", "seeds"]].copy()
     for metric in metrics:
         out[metric] = [mean_sd(m, s) for m, s in zip(table[metric], table[f"{metric}_sd"], strict=True)]
     out["runs"] = table["runs"]
     return out
+
+
+# A row opens its run's page, or the comparison of its seeds.
+LINKS = {"open": st.column_config.LinkColumn("open", display_text="run page",
+                                            help="the run, or its seeds side by side")}
 
 
 def show(root, runs: pd.DataFrame) -> None:
@@ -66,7 +73,10 @@ def show(root, runs: pd.DataFrame) -> None:
         table = table.sort_values(metric, ascending=ascending, na_position="last")
         st.subheader(f"Protocol: {plain(label)}")
         present = [m for m in METRICS if table[m].notna().any()]
-        st.table(formatted(table, present).rename(columns=METRIC_LABELS))
+        st.dataframe(formatted(table, present).rename(columns=METRIC_LABELS), hide_index=True, column_config=LINKS)
+        if frontier.measured(group).shape[0]:
+            st.caption("Reward-divergence frontier of this protocol. " + frontier.EXPLAINED)
+            frontier.chart(group)
 
     evaluations = load_evals(str(root), stamp(root))
     if not evaluations.empty:
@@ -82,7 +92,7 @@ def show(root, runs: pd.DataFrame) -> None:
             present = [m for m in columns if m in table and table[m].notna().any()]
             table = table.sort_values(metric if metric in table else present[0],
                                       ascending=(metric in LOWER_IS_BETTER) == best_first)
-            st.table(table[["run", "method", "eval", *present]])
+            st.dataframe(table[["run", "method", "eval", *present]], hide_index=True)
 
     st.subheader("Reported in papers")
     st.caption("Published numbers, flagged 'reported': not measured here, and ranked only with rows of the same "
@@ -91,4 +101,4 @@ def show(root, runs: pd.DataFrame) -> None:
     frame = pd.DataFrame([{"status": "reported", "method": r["method"], **r["metrics"],
                            "protocol": ", ".join(f"{k}={v}" for k, v in r["protocol"].items()),
                            "source": r["source"]} for r in reported])
-    st.table(frame)
+    st.dataframe(frame, hide_index=True)

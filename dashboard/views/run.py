@@ -27,6 +27,7 @@ def show(root, runs: pd.DataFrame) -> None:
         st.error("The run named in the address is not a run of this results store.")
         wanted = None
     run_id = st.selectbox("run", ids, index=ids.index(wanted) if wanted else 0)
+    st.query_params["run"] = run_id  # the address always names the run shown
     files = run_files(root, run_id, runs)
     if files is None:
         st.error("Unknown run.")

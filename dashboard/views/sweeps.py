@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import altair as alt
+import numpy as np
 import optuna
 import pandas as pd
 import streamlit as st
@@ -26,6 +27,33 @@ def load_trials(url: str, name: str) -> tuple[pd.DataFrame, list[str], list[str]
     return pd.DataFrame(rows), objectives, directions
 
 
+def chart_fields(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with field names Vega-Lite reads as written: it takes a dot for a nested field (so
+    `method.alpha_rew` is read as nothing, and every point is dropped) and brackets for an index."""
+    return frame.rename(columns=lambda c: str(c).replace(".", "_").replace("[", "(").replace("]", ")"))
+
+
+def objective_map(complete: pd.DataFrame, objective: str, direction: str) -> None:
+    """The trials as points, and beside them the objective filled in over a grid of log alpha_rew x alpha_cfg
+    (the mean of the trials in each cell), which shows the shape that scattered points hide."""
+    frame = chart_fields(complete.assign(log10_alpha_rew=np.log10(complete["method.alpha_rew"])))
+    field = chart_fields(pd.DataFrame(columns=[objective])).columns[0]
+    scheme = alt.Scale(scheme="viridis", reverse=direction == "minimize")  # bright is better either way
+    points, filled = st.columns(2)
+    points.altair_chart(alt.Chart(frame).mark_circle(size=140).encode(
+        x=alt.X("method_alpha_rew:Q", scale=alt.Scale(type="log"), title="alpha_rew"),
+        y=alt.Y("method_alpha_cfg:Q", title="alpha_cfg"),
+        color=alt.Color(f"{field}:Q", scale=scheme, title=objective),
+        tooltip=["trial", f"{field}:Q", "method_alpha_rew:Q", "method_alpha_cfg:Q", "run"],
+    ), width="stretch")
+    filled.altair_chart(alt.Chart(frame).mark_rect().encode(
+        x=alt.X("log10_alpha_rew:Q", bin=alt.Bin(maxbins=8), title="log10 alpha_rew"),
+        y=alt.Y("method_alpha_cfg:Q", bin=alt.Bin(maxbins=8), title="alpha_cfg"),
+        color=alt.Color(f"mean({field}):Q", scale=scheme, title=f"mean {objective}"),
+        tooltip=[alt.Tooltip(f"mean({field}):Q", title=f"mean {objective}"), alt.Tooltip("count():Q", title="trials")],
+    ), width="stretch")
+
+
 def show(root, runs: pd.DataFrame) -> None:
     st.title("Sweeps")
     database = inside(root, "studies.db")
@@ -37,28 +65,25 @@ def show(root, runs: pd.DataFrame) -> None:
     if not names:
         st.info("No studies yet.")
         return
-    name = st.selectbox("study", names)
+    wanted = st.query_params.get("study")
+    name = st.selectbox("study", names, index=names.index(wanted) if wanted in names else 0)
     trials, objectives, directions = load_trials(url, name)
     st.caption(f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in trials["state"].value_counts().items()))
-    st.table(trials)
+    st.dataframe(trials, hide_index=True)
     complete = trials[trials["state"] == "complete"]
     if complete.empty:
         return
     if {"method.alpha_rew", "method.alpha_cfg"} <= set(complete):
         st.subheader(f"{plain(objectives[0])} over alpha_rew and alpha_cfg")
-        chart = alt.Chart(complete).mark_circle(size=140).encode(
-            x=alt.X("method.alpha_rew:Q", scale=alt.Scale(type="log"), title="alpha_rew"),
-            y=alt.Y("method.alpha_cfg:Q", title="alpha_cfg"),
-            color=alt.Color(f"{objectives[0]}:Q", scale=alt.Scale(scheme="viridis")),
-            tooltip=["trial", objectives[0], "method.alpha_rew", "method.alpha_cfg"],
-        )
-        st.altair_chart(chart, width="stretch")
+        objective_map(complete, objectives[0], directions[0])
     if len(objectives) > 1:
         st.subheader("Pareto front")
         st.caption(plain(f"{objectives[0]} ({directions[0]}) against {objectives[1]} ({directions[1]}); the front is "
                          "marked."))
-        st.altair_chart(alt.Chart(complete).mark_circle(size=120).encode(
-            x=f"{objectives[0]}:Q", y=f"{objectives[1]}:Q", color="pareto:N", tooltip=["trial", *objectives],
+        first, second = chart_fields(pd.DataFrame(columns=objectives[:2])).columns
+        st.altair_chart(alt.Chart(chart_fields(complete)).mark_circle(size=120).encode(
+            x=alt.X(f"{first}:Q", title=objectives[0]), y=alt.Y(f"{second}:Q", title=objectives[1]),
+            color="pareto:N", tooltip=["trial", f"{first}:Q", f"{second}:Q", "run"],
         ), width="stretch")
     st.subheader(f"Parameter importance for {plain(objectives[0])}")
     study = optuna.load_study(study_name=name, storage=url)
