@@ -320,10 +320,12 @@ def cmd_sweep(args: list[str]) -> int:
     return sweep_main(args)
 
 
-DASHBOARD_USAGE = """usage: bench dashboard [--results DIR] [--port N] [--address HOST]
+DASHBOARD_USAGE = """usage: bench dashboard [--results DIR] [--port N] [--address HOST] [--storage URL ...]
 
 Serve the leaderboard with Streamlit, on 127.0.0.1:8501 unless told otherwise. --results (or results.dir=,
-or BENCH_RESULTS) picks the results store; the app reads nothing outside it."""
+or BENCH_RESULTS) picks the results store; the app reads no file outside it. The Sweeps page lists the studies
+of the store's studies.db and of Optuna journal files in it (*.journal, *.log), and of every --storage URL
+(a PostgreSQL or MySQL server, sqlite:///PATH, journal:PATH; repeat it for several)."""
 
 
 def cmd_dashboard(args: list[str]) -> int:
@@ -335,15 +337,19 @@ def cmd_dashboard(args: list[str]) -> int:
         print(DASHBOARD_USAGE)
         return 0
     options = {"--results": default_root(), "--port": "8501", "--address": "127.0.0.1"}
+    storages = []
     rest = list(args)
     while rest:
         arg = rest.pop(0)
         if arg.startswith("results.dir="):
             options["--results"] = arg.partition("=")[2]
+        elif arg == "--storage" and rest:
+            storages.append(rest.pop(0))
         elif arg in options and rest:
             options[arg] = rest.pop(0)
         else:
-            raise UsageError(f"bench dashboard takes --results DIR, --port N and --address HOST, got '{arg}'")
+            raise UsageError(f"bench dashboard takes --results DIR, --port N, --address HOST and --storage URL, "
+                             f"got '{arg}'")
     port = options["--port"]
     if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise UsageError(f"--port must be a port number from 1 to 65535, got '{port}'")
@@ -357,7 +363,8 @@ def cmd_dashboard(args: list[str]) -> int:
     print(f"bench dashboard: http://{options['--address']}:{options['--port']} (results {root})", flush=True)
     # This process becomes the server: a SIGTERM or Ctrl-C for `bench dashboard` reaches Streamlit itself, and no
     # child is left serving behind a parent that has gone.
-    os.execve(sys.executable, command, {**os.environ, "BENCH_RESULTS": str(root)})
+    os.execve(sys.executable, command, {**os.environ, "BENCH_RESULTS": str(root),
+                                        "BENCH_STORAGES": "\n".join(storages)})
 
 
 EVAL_USAGE = """usage: bench eval run=ID|latest | pipeline=DIR|HUB_ID  [key=value ...]

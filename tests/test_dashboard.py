@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import optuna
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -289,3 +290,34 @@ def test_streamlit_run_from_the_repository_binds_this_machine_only():
         server.terminate()
         server.wait(timeout=30)
     assert addresses == {"127.0.0.1"}
+
+
+def test_sweeps_page_lists_studies_from_journal_files_and_any_storage_url(tmp_path, monkeypatch):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    root = tmp_path / "results"
+    root.mkdir()
+    journal = JournalStorage(JournalFileBackend(str(root / "shared.journal")))
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    for storage, name, value in ((journal, "journaled", 1.0), (elsewhere, "remote", 2.0)):
+        study = optuna.create_study(storage=storage, study_name=name)
+        study.enqueue_trial({"method.alpha_rew": 1.0})
+        trial = study.ask({"method.alpha_rew": optuna.distributions.FloatDistribution(0.1, 10, log=True)})
+        study.tell(trial, value)
+    (root / "notes.log").write_text("not a journal\n")  # a log file that is not a study is not listed
+    monkeypatch.setenv("BENCH_RESULTS", str(root))
+    monkeypatch.setenv("BENCH_STORAGES", f"{elsewhere}\npostgresql://someone:secret@127.0.0.1:1/none")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["page"] = "sweeps"
+    at.query_params["study"] = "remote"
+    at.run()
+    assert not at.exception
+    options = at.selectbox[0].options
+    assert len(options) == 2 and options[0].startswith("journaled  (journal:") and "elsewhere.db" in options[1]
+    assert at.dataframe[0].value["value"].tolist() == [2.0]  # the linked study, from the URL given
+    unreachable = texts(at, "warning")
+    assert "cannot read studies from postgresql://someone:\\*\\*\\*@127.0.0.1:1/none" in unreachable
+    assert "secret" not in unreachable
+    at.selectbox[0].set_value(options[0]).run()
+    assert at.dataframe[0].value["value"].tolist() == [1.0]

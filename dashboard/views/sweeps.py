@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import warnings
 
 import altair as alt
@@ -11,11 +14,44 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.data import inside, plain
+from sweeps.study import open_storage
+
+
+def storages(root) -> list[str]:
+    """Where studies may be: the store's studies.db, Optuna journal files in the store, and the URLs given to
+    `bench dashboard --storage` (BENCH_STORAGES, one a line)."""
+    found = []
+    database = inside(root, "studies.db")
+    if database is not None:
+        found.append(f"sqlite:///{database}")
+    for pattern in ("*.journal", "*.log"):
+        found += [f"journal:{path}" for path in sorted(root.glob(pattern)) if is_journal(path)]
+    found += [url for url in os.environ.get("BENCH_STORAGES", "").splitlines() if url.strip()]
+    return list(dict.fromkeys(found))
+
+
+def is_journal(path) -> bool:
+    """An Optuna journal file: JSON lines, the first one an operation."""
+    try:
+        with open(path) as handle:
+            return "op_code" in json.loads(handle.readline() or "{}")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
+@st.cache_resource(show_spinner=False)
+def storage_of(url: str):
+    return open_storage(url, heartbeat=10)
+
+
+def shown(url: str) -> str:
+    """A storage URL (or a message quoting one) without its password."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 @st.cache_data(show_spinner=False, ttl=10)
 def load_trials(url: str, name: str) -> tuple[pd.DataFrame, list[str], list[str]]:
-    study = optuna.load_study(study_name=name, storage=url)
+    study = optuna.load_study(study_name=name, storage=storage_of(url))
     objectives = [m for m, _ in study.user_attrs.get("objectives", [])] or ["value"]
     directions = [d.name.lower() for d in study.directions]
     front = {t.number for t in study.best_trials} if any(t.values for t in study.trials) else set()
@@ -56,17 +92,26 @@ def objective_map(complete: pd.DataFrame, objective: str, direction: str) -> Non
 
 def show(root, runs: pd.DataFrame) -> None:
     st.title("Sweeps")
-    database = inside(root, "studies.db")
-    if database is None:
-        st.info("No studies in this results store yet: run `bench sweep method=di_star`.")
+    urls = storages(root)
+    if not urls:
+        st.info("No studies in this results store yet: run `bench sweep method=di_star`, or name a storage with "
+                "`bench dashboard --storage URL`.")
         return
-    url = f"sqlite:///{database}"
-    names = optuna.get_all_study_names(url)
-    if not names:
+    names_by_url = {}
+    for candidate in urls:
+        try:
+            names_by_url[candidate] = optuna.get_all_study_names(storage_of(candidate))
+        except Exception as err:  # a server down or a URL mistyped: say so and show the others
+            st.warning(plain(shown(f"cannot read studies from {candidate}: {str(err).splitlines()[0]}")))
+    listed = [(url, name) for url, names in names_by_url.items() for name in names]
+    if not listed:
         st.info("No studies yet.")
         return
     wanted = st.query_params.get("study")
-    name = st.selectbox("study", names, index=names.index(wanted) if wanted in names else 0)
+    choices = [f"{name}  ({shown(url)})" if len(names_by_url) > 1 else name for url, name in listed]
+    at = next((i for i, (_, name) in enumerate(listed) if name == wanted), 0)
+    url, name = listed[choices.index(st.selectbox("study", choices, index=at))]
+    st.query_params["study"] = name
     trials, objectives, directions = load_trials(url, name)
     st.caption(f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in trials["state"].value_counts().items()))
     st.dataframe(trials, hide_index=True)
@@ -86,7 +131,7 @@ def show(root, runs: pd.DataFrame) -> None:
             color="pareto:N", tooltip=["trial", f"{first}:Q", f"{second}:Q", "run"],
         ), width="stretch")
     st.subheader(f"Parameter importance for {plain(objectives[0])}")
-    study = optuna.load_study(study_name=name, storage=url)
+    study = optuna.load_study(study_name=name, storage=storage_of(url))
     # PED-ANOVA asks which parameters lead to *low* targets: flip an objective that is maximised.
     sign = -1.0 if directions[0] == "maximize" else 1.0
     try:
