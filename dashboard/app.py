@@ -3,10 +3,10 @@
 import streamlit as st
 
 from dashboard import data
-from dashboard.views import compare, frontier, leaderboard, run, sweeps
+from dashboard.views import compare, frontier, leaderboard, prompts, run, sweeps
 
 PAGES = {"Leaderboard": leaderboard.show, "Frontier": frontier.show, "Run": run.show, "Compare": compare.show,
-         "Sweeps": sweeps.show}
+         "Prompts": prompts.show, "Sweeps": sweeps.show}
 
 st.set_page_config(page_title="One-step alignment bench", layout="wide")
 root = data.results_root()

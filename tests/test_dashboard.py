@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from bench.cli import main
 from bench.config import build_config
 from bench.store import Store
+from bench.store.files import read_jsonl
 from dashboard.data import inside, plain
 
 from browser import chromium_session
@@ -31,7 +32,9 @@ def store(tmp_path_factory):
         assert main(["run", "preset=smoke", f"results.dir={root}", *small, *args]) == 0
     assert main(["run", "preset=smoke", "method=toy_methods:Explodes", f"results.dir={root}", *small]) == 1
     kl_run = next(r["id"] for r in Store(root).rows() if r["method"] == "kl_rlhf" and r["study"] is None)
-    assert main(["eval", f"run={kl_run}", "n=8", f"results.dir={root}"]) == 0
+    di_pp_run = next(r["id"] for r in Store(root).rows() if r["method"] == "di_pp" and r["study"] is None)
+    for run_id in (kl_run, di_pp_run):  # two runs under one evaluation protocol, for the prompt browser
+        assert main(["eval", f"run={run_id}", "n=8", f"results.dir={root}"]) == 0
     assert main(["sweep", "method=di_pp", "study=tiny", "n_trials=3", "train.steps=30", *small,
                  f"results.dir={root}"]) == 0
     assert main(["sweep", "method=kl_rlhf", "space=reward_vs_nll", "study=front", "n_trials=4", "train.steps=30",
@@ -86,10 +89,40 @@ def test_leaderboard_averages_seeds_within_a_protocol_and_keeps_reported_rows_ap
     assert kl_rlhf["open"] == f"?page=run&run={kl_rlhf['runs']}"
     assert set(reported["status"]) == {"reported"} and {"di_star", "di_pp"} <= set(reported["method"])
     evaluated = at.dataframe[1].value
-    assert list(evaluated["run"]) == ids(store, method="kl_rlhf", study=None)
-    assert list(evaluated["eval"]) == ["analytic-n8-seed0"]
+    assert set(evaluated["run"]) == {*ids(store, method="kl_rlhf", study=None), evaluated_di_pp(store)}
+    assert set(evaluated["eval"]) == {"analytic-n8-seed0"}
     assert "prompts analytic" in " ".join(str(s.value) for s in at.subheader)
     assert all(r not in json.dumps(measured.to_dict()) for r in ids(store, status="failed"))
+
+
+def evaluated_di_pp(store) -> str:
+    return next(i for i in ids(store, method="di_pp", study=None) if (Store(store).get(i).dir / "evals").exists())
+
+
+def test_prompt_browser_sorts_prompts_by_the_gap_and_shows_every_runs_images(app, store):
+    kl_run, di_pp_run = ids(store, method="kl_rlhf", study=None)[0], evaluated_di_pp(store)
+    at = app(page="prompts")
+    assert not at.exception
+    at.selectbox[1].set_value("reward").run()
+    first, second = at.selectbox[2].value, at.selectbox[3].value
+    assert {first, second} == {kl_run, di_pp_run}
+    means = at.dataframe[0].value
+    lines = {r: read_jsonl(Store(store).get(r).dir / "evals" / "analytic-n8-seed0" / "scores.jsonl")
+             for r in (kl_run, di_pp_run)}
+
+    def mean(run_id, caption):
+        values = [line["reward"] for line in lines[run_id] if line["caption"] == caption]
+        return sum(values) / len(values)
+
+    for caption, row in means.iterrows():
+        assert row["gap"] == pytest.approx(mean(second, caption) - mean(first, caption), abs=1e-9)
+    assert list(means["gap"].abs()) == sorted(means["gap"].abs(), reverse=True)  # where one run wins most, first
+    prompt = at.selectbox[4].value
+    assert prompt == means.index[0]
+    images = [e for e in at.main if e.type == "image"]
+    assert len(images) == 2 * 8  # every image of that prompt, from both runs
+    shown = sorted(e.proto.imgs[0].caption.split()[1] for e in images)
+    assert shown == sorted(f"{line['reward']:.4g}" for r in lines for line in lines[r] if line["caption"] == prompt)
 
 
 def test_leaderboard_filters_methods_and_sorts(app):
@@ -230,6 +263,7 @@ def test_served_dashboard_draws_every_chart_in_a_real_browser(store, tmp_path):
         "frontier": (base + "?page=frontier", ["Reward-divergence frontier"]),
         "run": (base + f"?page=run&run={kl_run}", ["Per-prompt scores"]),
         "compare": (base + f"?page=compare&runs={','.join(pair)}", ["Evaluation curves"]),
+        "prompts": (base + "?page=prompts", ["run A", "run B", "(image 0)"]),
         "sweep": (base + "?page=sweeps&study=tiny", ["Parameter importance"]),
         "pareto": (base + "?page=sweeps&study=front", ["Pareto front"]),
     }

@@ -237,6 +237,7 @@ def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipe
         with open(folder / "scores.jsonl", "a") as handle:
             for k, i in enumerate(indices):
                 line = {"index": i, "caption": texts[k], "seed": request.seed,
+                        "image": paths[i].relative_to(folder).as_posix(),
                         **{name: float(values[k]) for name, values in scores.items()}}
                 handle.write(json.dumps(line) + "\n")
         bar.update(len(indices))
@@ -244,7 +245,7 @@ def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipe
 
     lines = sorted(read_jsonl(folder / "scores.jsonl"), key=lambda r: r["index"])
     metrics, rows = source.exact_metrics(folder, total, request.n, request.seed)
-    names = [key for key in lines[0] if key not in ("index", "caption", "seed")]
+    names = [key for key in lines[0] if key not in ("index", "caption", "seed", "image")]
     metrics |= {name: sum(r[name] for r in lines) / len(lines) for name in names if name not in metrics}
     rows = rows if rows is not None else per_prompt_means(lines, names)
     if fid:
