@@ -23,7 +23,7 @@ def measured(runs: pd.DataFrame) -> pd.DataFrame:
 
 def chart(runs: pd.DataFrame) -> pd.DataFrame | None:
     """The frontier of runs that share one protocol (so one optimum curve); their points, or None if none has
-    an exact KL. Runs far beyond the bound's reach are left out of the view (and listed by the caller)."""
+    an exact KL. Runs far beyond the others are left out of the view, with a word (and listed by the caller)."""
     chosen = measured(runs)
     if chosen.empty:
         return None
@@ -31,13 +31,18 @@ def chart(runs: pd.DataFrame) -> pd.DataFrame | None:
         columns={"kl_ref": "kl", "alpha_rew": "alpha"})
     points = chosen.rename(columns={"kl_ref": "kl", "alpha_rew": "alpha"})[
         ["id", "method", "alpha", "alpha_cfg", "steps", "kl", "reward"]]
-    # The view covers the bound and the runs near it: a run that ran away (an unbounded reward under a saturating
-    # divergence) would flatten the chart.
-    kl_limit = 1.5 * max(curve["kl"].max(), points["kl"].median())
+    # The view covers the runs and the bound over their reach: a run that ran away (an unbounded reward under a
+    # saturating divergence) or the bound's far end (alpha up to 1000) would flatten everything else into a corner.
+    reach = 1.5 * points["kl"].quantile(0.9)
+    beyond = curve[curve["kl"] > reach]
+    curve = pd.concat([curve[curve["kl"] <= reach], beyond.head(1)])
+    hidden = int((points["kl"] > reach).sum())
+    if hidden:
+        st.caption(f"{hidden} run(s) beyond {reach:.3g} nats are left out of the view.")
     bound = alt.Chart(curve).mark_line(color="black", strokeDash=[6, 3]).encode(
         x=alt.X("kl:Q", title="KL to reference (nats)"), y=alt.Y("reward:Q", title="mean reward"),
         tooltip=["alpha", "kl", "reward"])
-    dots = alt.Chart(points[points["kl"] <= kl_limit]).mark_circle(size=110).encode(
+    dots = alt.Chart(points[points["kl"] <= reach]).mark_circle(size=110).encode(
         x="kl:Q", y="reward:Q", color=alt.Color("method:N"),
         tooltip=["id", "method", "alpha", "alpha_cfg", "steps", "kl", "reward"])
     st.altair_chart(bound + dots, width="stretch")
