@@ -16,7 +16,7 @@ from bench.train.trainer import GENERATOR_PHASE, Trainer
 
 from conftest import ROOT, backend_args, bench_env
 
-BACKENDS = ["sd15", "pixart_alpha"]
+BACKENDS = ["sd15", "pixart_alpha", "sdxl"]
 
 
 def snapshot(module) -> dict:
@@ -36,8 +36,8 @@ def trainer_for(tiny_models, backend, *extra, run=None) -> Trainer:
 def test_one_iteration_trains_generator_and_fake_score_and_nothing_else(tiny_models, backend, method):
     trainer = trainer_for(tiny_models, backend, f"method={method}", "method.alpha_cfg=1.5")
     b = trainer.backend
-    frozen = {"reference": b.reference_net, "vae": b.pipe.vae, "text encoder": b.pipe.text_encoder,
-              "reward": b.reward_model}
+    frozen = {"reference": b.reference_net, "vae": b.pipe.vae, "reward": b.reward_model,
+              **{name: getattr(b.pipe, name) for name in b.components if name.startswith("text_encoder")}}
     before = {name: snapshot(m) for name, m in {**frozen, "generator": trainer.generator, "fake": trainer.fake}.items()}
 
     logs = {**trainer.fake_update(), **trainer.generator_update()}
@@ -68,8 +68,9 @@ def test_lora_trains_only_the_adapters(tiny_models, backend):
         assert moved and all("lora_" in key for key in moved), moved
 
 
-def test_resume_gives_the_state_of_an_uninterrupted_run(tiny_models, tmp_path):
-    args = [*backend_args(tiny_models, "sd15"), "train.steps=4", "train.ckpt_every=2", "train.eval_every=3",
+@pytest.mark.parametrize("backend", ["sd15", "sdxl"])
+def test_resume_gives_the_state_of_an_uninterrupted_run(tiny_models, tmp_path, backend):
+    args = [*backend_args(tiny_models, backend), "train.steps=4", "train.ckpt_every=2", "train.eval_every=3",
             "eval.grid=false"]
 
     def run_in(folder, on_eval=None):
@@ -107,12 +108,12 @@ def without(args: list[str], key: str) -> list[str]:
     return [a for a in args if a.partition("=")[0] != key]
 
 
-def launch(tiny_models, results, processes: int):
-    """`bench run` on the tiny SD1.5, under `accelerate launch` with `processes` CPU processes (gloo)."""
+def launch(tiny_models, results, processes: int, backend: str):
+    """`bench run` on a tiny pipeline, under `accelerate launch` with `processes` CPU processes (gloo)."""
     launcher = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--cpu"]
     command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + processes),
-               "-m", "bench", "run", *without(backend_args(tiny_models, "sd15"), "train.batch_size"),
+               "-m", "bench", "run", *without(backend_args(tiny_models, backend), "train.batch_size"),
                "train.batch_size=4", "train.steps=3",
                "eval.grid=false"]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=bench_env(results), timeout=300)
@@ -121,9 +122,10 @@ def launch(tiny_models, results, processes: int):
     return json.loads(row["summary"]), Store(results).get(row["id"])
 
 
-def test_two_process_accelerate_launch_keeps_replicas_identical_and_the_global_batch(tiny_models, tmp_path):
-    two, run_two = launch(tiny_models, tmp_path / "two", 2)
-    one, run_one = launch(tiny_models, tmp_path / "one", 1)
+@pytest.mark.parametrize("backend", ["sd15", "sdxl"])
+def test_two_process_accelerate_launch_keeps_replicas_identical_and_the_global_batch(tiny_models, tmp_path, backend):
+    two, run_two = launch(tiny_models, tmp_path / "two", 2, backend)
+    one, run_one = launch(tiny_models, tmp_path / "one", 1, backend)
     assert two["distributed"]["processes"] == 2 and one["distributed"]["processes"] == 1
     assert two["distributed"]["batch_per_process"] == 2 and two["distributed"]["effective_batch"] == 4
     first, second = two["distributed"]["replica_checksums"]
@@ -133,7 +135,7 @@ def test_two_process_accelerate_launch_keeps_replicas_identical_and_the_global_b
 
     a = load_file(run_two.checkpoint_dir / "model.safetensors")
     b = load_file(run_one.checkpoint_dir / "model.safetensors")
-    start = load_file(tiny_models["sd15"] / "unet" / "diffusion_pytorch_model.safetensors")
+    start = load_file(tiny_models[backend] / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
@@ -162,14 +164,24 @@ def test_export_reloads_with_from_pretrained_and_samples_the_generator_in_one_st
     torch.testing.assert_close(images, b.decode(expected), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["backend.model=/nowhere/sd15"], "/nowhere/sd15 is not a diffusers pipeline folder (no model_index.json"),
-    (["backend.model=someone/no-such-model"], "pipeline someone/no-such-model is not in the Hugging Face cache"),
-    (["reward=linear"], "reward=linear is defined on the analytic world's pictures; backend=sd15 scores real"),
+@pytest.mark.parametrize("backend, args, message", [
+    ("sd15", ["backend.model=/nowhere/sd15"], "/nowhere/sd15 is not a diffusers pipeline folder (no model_index.json"),
+    ("sd15", ["backend.model=someone/no-such-model"],
+     "pipeline someone/no-such-model is not in the Hugging Face cache"),
+    ("sd15", ["reward=linear"], "reward=linear is defined on the analytic world's pictures; backend=sd15 scores real"),
+    ("sdxl", ["backend.model=/nowhere/sdxl"], "/nowhere/sdxl is not a diffusers pipeline folder (no model_index.json"),
+    ("sdxl", ["backend.model=SD15"], "is a StableDiffusionPipeline, which has no text_encoder_2; backend=sdxl needs a "
+                                     "StableDiffusionXLPipeline"),
+    ("sdxl", ["backend.init=someone/dmd2"], "one-step model someone/dmd2 is not in the Hugging Face cache"),
+    ("sdxl", ["backend.init=SD15"], "is a UNet2DConditionModel of another shape than the reference's"),
+    ("sdxl", ["backend.init=SD15_UNET_FILE"], "does not hold weights of the reference's UNet2DConditionModel"),
 ])
-def test_missing_models_and_wrong_rewards_give_one_clear_line(tiny_models, results, args, message, capsys,
+def test_missing_models_and_wrong_rewards_give_one_clear_line(tiny_models, results, backend, args, message, capsys,
                                                               hub_unreachable):
-    base = backend_args(tiny_models, "sd15")
+    sd15 = tiny_models["sd15"]
+    args = [a.replace("SD15_UNET_FILE", str(sd15 / "unet" / "diffusion_pytorch_model.safetensors"))
+            .replace("SD15", str(sd15)) for a in args]
+    base = backend_args(tiny_models, backend)
     for arg in args:
         base = without(base, arg.partition("=")[0])
     assert main(["run", *base, *args, f"results.dir={results}"]) == 2
@@ -190,3 +202,75 @@ def test_a_finished_run_exports_a_pipeline_that_bench_eval_scores(tiny_models, r
     (evaluation,) = Store(results).evals()
     assert evaluation["run_id"].startswith(f"pipeline-{run.id}-")
     assert json.loads(evaluation["protocol"])["scheduler"] == "DDIMScheduler"
+
+
+def one_step_model(tiny_models, folder, form: str) -> str:
+    """A one-step model of the tiny SDXL's architecture, with weights of its own, saved the way `form` says."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sdxl"], subfolder="unet")
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    if form == "model folder":
+        unet.save_pretrained(folder)
+        return str(folder)
+    if form == "pipeline folder":
+        pipe = DiffusionPipeline.from_pretrained(tiny_models["sdxl"])
+        pipe.unet = unet
+        pipe.register_modules(unet=unet)
+        pipe.save_pretrained(folder)
+        return str(folder)
+    folder.mkdir()
+    path = folder / "one_step_unet.bin"  # DMD2 publishes a bare state dict in half precision
+    torch.save({k: v.half() for k, v in unet.state_dict().items()}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("form", ["model folder", "pipeline folder", "weights file"])
+def test_the_generator_starts_from_an_existing_one_step_model_and_the_fake_score_from_the_reference(
+        tiny_models, tmp_path, form):
+    source = one_step_model(tiny_models, tmp_path / "dmd", form)
+    trainer = trainer_for(tiny_models, "sdxl", f"backend.init={source}", "backend.t_init=250")
+    b = trainer.backend
+    own = torch.load(source, weights_only=True) if form == "weights file" else None
+    start = b.generator_start.state_dict()
+    reference = b.reference_net.state_dict()
+    for key, value in trainer.generator.net.state_dict().items():
+        assert torch.equal(value, start[key])
+        if own is not None:
+            torch.testing.assert_close(value, own[key].float())
+    assert any(not torch.equal(start[k], reference[k]) for k in start)  # not the reference's weights
+    for key, value in trainer.fake.net.state_dict().items():
+        assert torch.equal(value, reference[key])
+    assert trainer.generator.t_init == 250
+    # The export merges into the one-step model's weights (read at its own timestep), not the reference's.
+    trainer.generator_update()
+    folder = b.export(trainer.generator, tmp_path / "exported", {"run": "test"})
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    z = torch.randn(2, *b.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = trainer.generator(z, b.encode(torch.tensor([0, 1])))
+        images = pipe([b.captions[0], b.captions[1]], latents=z.clone(), num_inference_steps=1, guidance_scale=1.0,
+                      output_type="pt").images
+    torch.testing.assert_close(images, b.decode(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_sdxl_drops_text_as_zeros_and_conditions_on_pooled_embeddings_and_size(tiny_models):
+    """The unconditional score of SDXL base is read at zero embeddings (force_zeros_for_empty_prompt); the pooled
+    embedding and the size conditioning reach the UNet (changing either changes its output)."""
+    b = trainer_for(tiny_models, "sdxl").backend
+    assert torch.count_nonzero(b.empty.embeds) == 0 and torch.count_nonzero(b.empty.pooled) == 0
+    cond = b.encode(torch.tensor([0]))
+    assert cond.pooled.shape == (1, 8) and cond.embeds.shape[-1] == 16  # two encoders side by side
+    x = torch.randn(1, *b.shape, generator=torch.Generator().manual_seed(0))
+    t, side = torch.tensor([500]), float(b.resolution)
+    with torch.no_grad():
+        base = b.call_denoiser(b.reference_net, x, t, cond)
+        other_pooled = b.call_denoiser(b.reference_net, x, t, cond._replace(pooled=cond.pooled + 1))
+        pipe_eps = b.reference_net(x, t, encoder_hidden_states=cond.embeds, added_cond_kwargs={
+            "text_embeds": cond.pooled, "time_ids": torch.tensor([[side, side, 0, 0, side, side]])}).sample
+    assert not torch.allclose(base, other_pooled)
+    torch.testing.assert_close(base, pipe_eps)  # the pipeline's time ids for a square at our size, uncropped

@@ -75,3 +75,35 @@ def tiny_pixart(folder: Path, seed: int = 0) -> Path:
                                scheduler=scheduler)
     pipe.save_pretrained(folder / "pixart")
     return folder / "pixart"
+
+
+def tiny_sdxl(folder: Path, seed: int = 0) -> Path:
+    """StableDiffusionXLPipeline: a UNet with text-and-time added conditioning on two CLIP encoders (the second with
+    a projection, whose pooled output the UNet also reads) + AutoencoderKL, epsilon prediction."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    width, pooled, time_width = 8, 8, 4
+    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, cross_attention_dim=2 * width, norm_num_groups=2,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2,
+                                addition_embed_type="text_time", addition_time_embed_dim=time_width,
+                                projection_class_embeddings_input_dim=pooled + 6 * time_width)
+    vae = AutoencoderKL(block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=2, sample_size=32, scaling_factor=0.13025)
+    text = dict(vocab_size=54, hidden_size=width, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=77, bos_token_id=52, eos_token_id=53, pad_token_id=53)
+    encoder = CLIPTextModel(CLIPTextConfig(**text))
+    encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=pooled))
+    clip_tokenizer(folder / "tok")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tok", model_max_length=77)
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+                                     force_zeros_for_empty_prompt=True)
+    pipe.save_pretrained(folder / "sdxl")
+    return folder / "sdxl"

@@ -14,6 +14,7 @@ BACKENDS = {
     "analytic": "bench.backends.analytic:AnalyticBackend",
     "sd15": "bench.backends.pretrained:SD15Backend",
     "pixart_alpha": "bench.backends.pretrained:PixArtAlphaBackend",
+    "sdxl": "bench.backends.pretrained:SDXLBackend",
 }
 
 

@@ -13,18 +13,24 @@ from bench import hub
 from bench.errors import UsageError
 
 
-def pipeline_folder(source: str) -> Path:
+def local_path(source: str, what: str = "pipeline") -> Path:
+    """A local file or folder as given, or a hub id's folder in the Hugging Face cache (downloaded when online)."""
     path = Path(source).expanduser()
     is_hub_id = not path.exists() and source.count("/") == 1 and not source.startswith((".", "/", "~"))
-    if is_hub_id:
-        from huggingface_hub.constants import HF_HUB_CACHE
+    if not is_hub_id:
+        return path
+    from huggingface_hub.constants import HF_HUB_CACHE
 
-        try:
-            path = Path(hub.download_folder(source))
-        except Exception as err:  # offline, unknown id, refused: the hub raises several types that mean the same
-            raise UsageError(f"pipeline {source} is not in the Hugging Face cache ({HF_HUB_CACHE}) and could not "
-                             f"be downloaded ({type(err).__name__}); on a machine with network run "
-                             f"`huggingface-cli download {source} --local-dir DIR` and pass DIR instead") from None
+    try:
+        return Path(hub.download_folder(source))
+    except Exception as err:  # offline, unknown id, refused: the hub raises several types that mean the same
+        raise UsageError(f"{what} {source} is not in the Hugging Face cache ({HF_HUB_CACHE}) and could not "
+                         f"be downloaded ({type(err).__name__}); on a machine with network run "
+                         f"`huggingface-cli download {source} --local-dir DIR` and pass DIR instead") from None
+
+
+def pipeline_folder(source: str) -> Path:
+    path = local_path(source)
     if not (path / "model_index.json").is_file():
         raise UsageError(f"{source} is not a diffusers pipeline folder (no model_index.json there); pass the folder "
                          "that DiffusionPipeline.save_pretrained wrote, or a hub id such as stabilityai/sd-turbo")

@@ -1,17 +1,19 @@
-"""Backends on real pretrained text-to-image diffusion pipelines: SD1.5 and PixArt-alpha, by hub id or folder.
+"""Backends on real pretrained text-to-image diffusion pipelines: SD1.5, PixArt-alpha and SDXL, by hub id or folder.
 
-Every network starts from the reference denoiser (epsilon prediction), as DMD2 and SiD start from their teacher:
+Every network is a denoiser of the reference's architecture (epsilon prediction):
 
-    reference  frozen; the prompt's and the empty prompt's embeddings give classifier-free guidance
-    generator  the reference as a one-step model: x0 = (z - sigma_init eps(z; t_init, c)) / alpha_init, the
-               denoiser's guess from pure noise read at timestep t_init
+    reference  frozen; the prompt's and the unconditional embeddings give classifier-free guidance
+    generator  a one-step model: x0 = (z - sigma_init eps(z; t_init, c)) / alpha_init, a denoiser's guess from pure
+               noise read at timestep t_init. The denoiser is the reference's own (as DMD2 and SiD start from their
+               teacher), or an existing one-step model (`backend.init`), as DI* post-trained DMD2's one-step SDXL
     fake       a copy of the reference, trained by denoising score matching on the generator's samples
 
 Each trained copy is fully fine-tuned, or is a frozen copy carrying a LoRA adapter (peft) that starts at zero.
 The method's times t in (0, 1) map to the reference's own discrete timesteps, so x_t is always a noisy latent
 the reference was trained on. Rewards see VAE-decoded pixels, with the gradient through decoder and reward.
 
-A family (SD15Backend, PixArtAlphaBackend) only says how its denoiser is called and how its prompts are encoded.
+A family (SD15Backend, PixArtAlphaBackend, SDXLBackend) only says how its denoiser is called and how its prompts
+are encoded.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class TextCondition(NamedTuple):
     ids: Tensor  # rows of the backend's prompt list: the reward reads the texts by them
     embeds: Tensor
     mask: Tensor  # the text encoder's attention mask (all ones where the family does not use one)
+    pooled: Tensor  # a pooled text embedding a prompt (SDXL's second encoder); width 0 where a family has none
 
 
 def reference_model(default: str):
@@ -53,8 +56,12 @@ class PretrainedConfig:
     name: ClassVar[str]
 
     model: str = reference_model("")
-    t_init: int = param(399, "timestep at which the reference's one-step denoiser initialises the generator",
+    t_init: int = param(399, "timestep the one-step generator reads its denoiser at: the reference's (399, as DMD2 "
+                        "and DI*), or the one backend.init was distilled for (DMD2's SDXL 399, SD-Turbo 999)",
                         ge=1, le=999)
+    init: str = param("", "start the generator from an existing one-step model instead of the reference: a diffusers "
+                      "model or pipeline folder or hub id, or a weights file (.safetensors, .bin) of the reference's "
+                      "denoiser, such as DMD2's one-step SDXL UNet; the fake score still starts from the reference")
     resolution: int = param(0, "image side in pixels for training and evaluation (0: the model's own)", ge=0)
     lora_gen: int = param(0, "LoRA rank of the generator (0: full fine-tuning)", ge=0)
     lora_fake: int = param(0, "LoRA rank of the fake-score network (0: full fine-tuning)", ge=0)
@@ -124,20 +131,23 @@ class PretrainedBackend:
         folder = pipeline_folder(settings.model)
         self.pipe = pipe = load_pipeline(folder)
         pipe.set_progress_bar_config(disable=True)
-        if not hasattr(pipe, self.denoiser):
-            raise UsageError(f"{settings.model} is a {type(pipe).__name__}, which has no {self.denoiser}; "
-                             f"backend={settings.name} needs a {self.pipeline_name} pipeline")
+        missing = [name for name in self.components if getattr(pipe, name, None) is None]
+        if missing:
+            raise UsageError(f"{settings.model} is a {type(pipe).__name__}, which has no {missing[0]}; "
+                             f"backend={settings.name} needs a {self.pipeline_name}")
         prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
         if prediction != "epsilon":
             raise UsageError(f"{settings.model} predicts {prediction}; backend={settings.name} needs an "
                              "epsilon-prediction model")
         self.schedule = DiscreteSchedule(pipe.scheduler.alphas_cumprod, device)
         self.reference_net = getattr(pipe, self.denoiser)
-        for frozen in (self.reference_net, pipe.vae, pipe.text_encoder):
-            frozen.requires_grad_(False).eval().to(device)
+        for name in ("vae", *self.components):
+            getattr(pipe, name).requires_grad_(False).eval().to(device)
         if settings.grad_ckpt:
             self.reference_net.enable_gradient_checkpointing()  # gradients reach x_t through it (DI*)
-        self.generator = OneStepGenerator(trainable_copy(self.reference_net, settings.lora_gen), self, settings.t_init)
+        self.generator_start = one_step_start(settings.init, self) if settings.init else self.reference_net
+        self.generator = OneStepGenerator(trainable_copy(self.generator_start, settings.lora_gen), self,
+                                          settings.t_init)
         self.fake = EpsNetwork(trainable_copy(self.reference_net, settings.lora_fake), self)
         self.reference = EpsNetwork(self.reference_net, self)
         self.prompt_set = load_prompt_set(settings.prompts)
@@ -149,17 +159,23 @@ class PretrainedBackend:
         self.resolution = side
         self.shape = (pipe.vae.config.latent_channels, side // factor, side // factor)
         self.reward_model = image_reward(cfg.reward, cfg.weights or None, settings.name).to(device)
-        self.empty = self.encode(torch.zeros(1, dtype=torch.long), texts=[""])
+        self.empty = self.unconditional()
 
     # -- family hooks -------------------------------------------------------------------------------------
 
     pipeline_name: ClassVar[str]
+    components: ClassVar[tuple[str, ...]]  # the pipeline's denoiser and text encoders
 
     def call_denoiser(self, net, x: Tensor, timestep: Tensor, cond: TextCondition) -> Tensor:
         raise NotImplementedError
 
-    def embed(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+    def embed(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """(embeddings, attention mask, pooled embeddings) of prompts."""
         raise NotImplementedError
+
+    def unconditional(self) -> TextCondition:
+        """The condition of the unconditional score: the empty prompt, as the family was trained to drop text."""
+        return self.encode(torch.zeros(1, dtype=torch.long), texts=[""])
 
     # -- the backend seam ---------------------------------------------------------------------------------
 
@@ -171,13 +187,13 @@ class PretrainedBackend:
     @torch.no_grad()
     def encode(self, ids: Tensor, texts: list[str] | None = None) -> TextCondition:
         texts = texts if texts is not None else [self.captions[int(i)] for i in ids]
-        embeds, mask = self.embed(texts)
-        return TextCondition(ids.to(self.device), embeds, mask)
+        return TextCondition(ids.to(self.device), *self.embed(texts))
 
     def ref_score(self, x: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor, cond: TextCondition | None) -> Tensor:
         if cond is None:
             cond = TextCondition(torch.zeros(len(x), dtype=torch.long, device=x.device),
-                                 self.empty.embeds.expand(len(x), -1, -1), self.empty.mask.expand(len(x), -1))
+                                 self.empty.embeds.expand(len(x), -1, -1), self.empty.mask.expand(len(x), -1),
+                                 self.empty.pooled.expand(len(x), -1))
         eps = self.reference(x, t, alpha, sigma, cond).float()
         return -eps / sigma.reshape(-1, 1, 1, 1)
 
@@ -253,7 +269,7 @@ class PretrainedBackend:
             self.pipe.scheduler.config, num_train_timesteps=t_init + 1, trained_betas=betas.tolist(),
             timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=1, clip_sample=False,
             thresholding=False, prediction_type="epsilon")
-        net = merged(generator.net, self.reference_net).to(torch.float32)
+        net = merged(generator.net, self.generator_start).to(torch.float32)
         pipe = type(self.pipe)(**{**self.pipe.components, self.denoiser: net, "scheduler": scheduler})
         partial = folder.with_name(f".{folder.name}.saving")
         pipe.save_pretrained(partial, safe_serialization=True)
@@ -263,6 +279,56 @@ class PretrainedBackend:
             "reference": self.settings.model, "resolution": self.resolution})
         replace_folder(partial, folder)
         return folder
+
+
+def one_step_start(source: str, backend: PretrainedBackend) -> nn.Module:
+    """The denoiser of an existing one-step model, in the reference denoiser's class, frozen until copied to train.
+
+    A folder or hub id holds a diffusers model (config.json) or a pipeline (model_index.json, whose denoiser is
+    taken); a file holds a state dict for the reference's architecture (DMD2 publishes its UNets so).
+    """
+    from bench.backends.diffusers_io import local_path
+
+    reference, kind = backend.reference_net, type(backend.reference_net)
+    path = local_path(source, what="one-step model")
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code runs
+        net = copy.deepcopy(reference)
+        own = net.state_dict()
+        missing = [k for k in own if k not in state]
+        unknown = [k for k in state if k not in own]
+        reshaped = [k for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or unknown or reshaped:
+            odd = (missing or unknown or reshaped)[0]
+            raise UsageError(f"backend.init={source} does not hold weights of the reference's {kind.__name__} "
+                             f"({len(missing)} of its tensors missing, {len(unknown)} unknown, {len(reshaped)} of "
+                             f"another shape, e.g. {odd}); pass a one-step model of the reference's architecture")
+        net.load_state_dict(state)
+        return net.requires_grad_(False).eval()
+    if (path / "model_index.json").is_file():
+        subfolder = backend.denoiser
+    elif (path / "config.json").is_file():
+        subfolder = None
+    else:
+        raise UsageError(f"backend.init={source} is neither a weights file nor a diffusers model or pipeline folder "
+                         "(no config.json or model_index.json there)")
+    try:
+        net = kind.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        raise UsageError(f"backend.init={source}: not a {kind.__name__} ({str(err).splitlines()[0]})") from None
+    if dict(net.config) != dict(reference.config):
+        differ = sorted(k for k in set(net.config) | set(reference.config)
+                        if net.config.get(k) != reference.config.get(k) and not k.startswith("_"))
+        if differ:
+            raise UsageError(f"backend.init={source} is a {kind.__name__} of another shape than the reference's "
+                             f"({', '.join(differ[:4])} differ); the generator must share the reference's latents "
+                             "and text embeddings")
+    return net.requires_grad_(False).eval().to(backend.device)
 
 
 def image_reward(spec: str, weights: str | None, backend: str) -> nn.Module:
@@ -288,14 +354,14 @@ class SD15Backend(PretrainedBackend):
     """Stable Diffusion 1.5: UNet2DConditionModel on CLIP ViT-L text states, 4-channel latents of AutoencoderKL."""
 
     Config = SD15Config
-    denoiser, pipeline_name = "unet", "StableDiffusionPipeline"
+    denoiser, pipeline_name, components = "unet", "StableDiffusionPipeline", ("unet", "text_encoder")
 
     def call_denoiser(self, net, x, timestep, cond):
         return net(x, timestep, encoder_hidden_states=cond.embeds).sample
 
     def embed(self, texts):
         embeds, _ = self.pipe.encode_prompt(texts, self.device, 1, False)
-        return embeds, torch.ones(embeds.shape[:2], device=self.device)
+        return embeds, torch.ones(embeds.shape[:2], device=self.device), embeds.new_zeros(len(texts), 0)
 
 
 @dataclass
@@ -307,7 +373,7 @@ class PixArtAlphaBackend(PretrainedBackend):
     """PixArt-alpha: a DiT (PixArtTransformer2DModel) on T5 text states with their mask; learned-variance output."""
 
     Config = PixArtAlphaConfig
-    denoiser, pipeline_name = "transformer", "PixArtAlphaPipeline"
+    denoiser, pipeline_name, components = "transformer", "PixArtAlphaPipeline", ("transformer", "text_encoder")
 
     def call_denoiser(self, net, x, timestep, cond):
         extra = {"resolution": None, "aspect_ratio": None}
@@ -322,4 +388,38 @@ class PixArtAlphaBackend(PretrainedBackend):
 
     def embed(self, texts):
         embeds, mask, _, _ = self.pipe.encode_prompt(texts, do_classifier_free_guidance=False, device=self.device)
-        return embeds, mask
+        return embeds, mask, embeds.new_zeros(len(texts), 0)
+
+
+@dataclass
+class SDXLConfig(PretrainedConfig):
+    model: str = reference_model("stabilityai/stable-diffusion-xl-base-1.0")
+
+
+class SDXLBackend(PretrainedBackend):
+    """SDXL: a UNet on two CLIP encoders' penultimate states side by side, the second one's pooled embedding, and
+    size and crop conditioning (here: a square image at the training resolution, uncropped, as SDXL samples)."""
+
+    Config = SDXLConfig
+    denoiser, pipeline_name = "unet", "StableDiffusionXLPipeline"
+    components = ("unet", "text_encoder", "text_encoder_2")
+
+    def call_denoiser(self, net, x, timestep, cond):
+        side = x.shape[-1] * self.pipe.vae_scale_factor
+        # (original height, width, crop top, left, target height, width), as the pipeline builds them
+        time_ids = x.new_tensor([[side, side, 0, 0, side, side]]).expand(len(x), 6)
+        return net(x, timestep, encoder_hidden_states=cond.embeds,
+                   added_cond_kwargs={"text_embeds": cond.pooled.to(x.dtype), "time_ids": time_ids}).sample
+
+    def embed(self, texts):
+        embeds, _, pooled, _ = self.pipe.encode_prompt(texts, device=self.device, num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=False)
+        return embeds, torch.ones(embeds.shape[:2], device=self.device), pooled
+
+    def unconditional(self) -> TextCondition:
+        """SDXL base drops text as zeros, embeddings and pooled alike (its pipeline's force_zeros_for_empty_prompt),
+        not as the empty prompt's encoding."""
+        cond = super().unconditional()
+        if not self.pipe.config.get("force_zeros_for_empty_prompt", False):
+            return cond
+        return cond._replace(embeds=torch.zeros_like(cond.embeds), pooled=torch.zeros_like(cond.pooled))
