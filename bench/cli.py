@@ -107,6 +107,8 @@ def cmd_run(args: list[str]) -> int:
         chosen = dict(a.partition("=")[::2] for a in args if a.startswith(("method=", "backend=")))
         print(help_text(chosen.get("method", "di_star"), chosen.get("backend", "analytic")))
         return 0
+    if "--dry-run" in args:
+        return dry_run([a for a in args if a != "--dry-run"])
     cfg = build_config(args)
     store = Store(cfg.results.dir)
     if cfg.resume:
@@ -238,6 +240,19 @@ def report(summary: dict, run) -> str:
 RUNS_USAGE = """usage: bench runs list [--json] [status=S] [method=M] [results.dir=PATH]
        bench runs show RUN_ID [--json] [results.dir=PATH]
        bench runs reindex [results.dir=PATH]      rebuild the index from the run folders"""
+
+
+def dry_run(args: list[str]) -> int:
+    """The resolved configuration and what the run would cost; nothing is loaded or written."""
+    import yaml
+
+    from bench.config import build_config
+    from bench.estimate import report
+
+    cfg = build_config(args)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    print(report(cfg))
+    return 0
 
 
 def cmd_runs(args: list[str]) -> int:

@@ -259,9 +259,10 @@ def help_text(method_name: str = DEFAULT_METHOD, backend_name: str = DEFAULT_BAC
 
     cfg = new_config(method_name, backend_name)
     lines = [
-        "usage: bench run [key=value ...]",
+        "usage: bench run [key=value ...] [--dry-run]",
         "",
-        "Train a one-step generator against a reference model and store the run.",
+        "Train a one-step generator against a reference model and store the run. --dry-run prints the resolved",
+        "configuration and an estimate of memory and GPU-hours a GPU type, and loads nothing.",
         f"Methods: {', '.join(available_methods())} (method=NAME; bench run method=NAME --help for its keys).",
         f"Backends: {', '.join(BACKENDS)} (backend=NAME; bench run backend=NAME --help for its keys).",
         f"Presets: {', '.join(sorted(p.stem for p in PRESET_DIR.glob('*.yaml')))} (preset=NAME).",

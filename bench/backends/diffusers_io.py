@@ -14,14 +14,18 @@ from bench.errors import UsageError
 
 
 def local_path(source: str, what: str = "pipeline") -> Path:
-    """A local file or folder as given, or a hub id's folder in the Hugging Face cache (downloaded when online)."""
+    """A local file or folder as given; or from the Hugging Face cache (downloaded when online), a hub id's folder
+    (`owner/name`) or one file of it (`owner/name/path/in/repo`)."""
     path = Path(source).expanduser()
-    is_hub_id = not path.exists() and source.count("/") == 1 and not source.startswith((".", "/", "~"))
-    if not is_hub_id:
+    on_hub = not path.exists() and source.count("/") >= 1 and not source.startswith((".", "/", "~"))
+    if not on_hub:
         return path
     from huggingface_hub.constants import HF_HUB_CACHE
 
+    owner, name, *inside = source.split("/")
     try:
+        if inside:
+            return Path(hub.download_file(f"{owner}/{name}", "/".join(inside)))
         return Path(hub.download_folder(source))
     except Exception as err:  # offline, unknown id, refused: the hub raises several types that mean the same
         raise UsageError(f"{what} {source} is not in the Hugging Face cache ({HF_HUB_CACHE}) and could not "

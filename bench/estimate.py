@@ -1,0 +1,165 @@
+"""What a run costs before it starts (`bench run ... --dry-run`): memory a GPU and GPU-hours, from FLOPs counted on
+the real architectures.
+
+The denoiser and the VAE decoder of each family are built at their released sizes on PyTorch's meta device (shapes,
+no memory, no weights) and run once under torch.utils.flop_counter at the run's resolution. A training step's cost
+a generated image is then, with D a denoiser forward, V a VAE decode and R a reward forward, all at batch 1:
+
+    K fake-score updates   K x (D generator, no grad + 3 D fake forward and backward)
+    generator update       3 D generator forward and backward
+                           + (2 or 3 score networks) x 2 D: fake, reference conditional, and unconditional when
+                             alpha_cfg != 1, each with a backward to x_t (an upper bound: DI* needs it, DI++ not)
+                           + 2 V + 2 R: decode and reward, with a backward to the latents
+
+Memory counts weights, gradients and Adam state (16 bytes a trained parameter, 4 more for the generator's EMA),
+frozen networks in fp32 (4 bytes), per GPU under data parallelism (every GPU holds everything); activations are
+not counted (they scale with the per-GPU batch; backend.grad_ckpt=true bounds them). GPU-hours assume a model FLOP
+utilisation of MFU (stated with the figures): a planning number, not a measurement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Dense bf16 peak TFLOP/s and memory (GB) of common training GPUs, from their vendors' data sheets.
+GPUS = {"A100 80GB": (312, 80), "H100 SXM": (989, 80), "H200": (989, 141), "L40S": (362, 48)}
+MFU = 0.35  # assumed: large diffusion training commonly reaches 30 to 45% on these GPUs
+# Parameters of the networks that only read (text encoders, reward models), from their released checkpoints.
+TEXT_ENCODERS = {"sd15": 123e6, "pixart_alpha": 4.76e9, "sdxl": 123e6 + 695e6}  # CLIP-L; T5-XXL enc.; + bigG
+REWARDS = {"hpsv2": 986e6, "hpsv2.1": 986e6, "pickscore": 986e6, "image_reward": 447e6, "aesthetic": 428e6,
+           "clip_score": 428e6}  # ViT-H-14 CLIP; BLIP-L; ViT-L-14 CLIP (+ a small MLP)
+REWARD_TOKENS = 257  # a ViT at 224 px with patch 14 (16 x 16 patches and the class token)
+
+
+def sd15_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8), 77, 768
+
+
+def sdxl_unet():
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+        use_linear_projection=True)
+    return unet, 77, 2048
+
+
+def pixart_transformer():
+    from diffusers import PixArtTransformer2DModel
+
+    net = PixArtTransformer2DModel(sample_size=64, num_layers=28, num_attention_heads=16, attention_head_dim=72,
+                                   in_channels=4, out_channels=8, patch_size=2, caption_channels=4096,
+                                   cross_attention_dim=1152, norm_type="ada_norm_single",
+                                   norm_elementwise_affine=False, norm_eps=1e-6)
+    return net, 120, 4096
+
+
+# Family -> (denoiser builder, its native image side in pixels). All three use SD's 8x VAE.
+FAMILIES = {"sd15": (sd15_unet, 512), "pixart_alpha": (pixart_transformer, 512), "sdxl": (sdxl_unet, 1024)}
+
+
+@dataclass
+class Counted:
+    denoiser_params: float
+    vae_params: float
+    denoiser_flops: float  # one forward, one image
+    vae_decode_flops: float
+    lora_params_per_rank: float  # LoRA on the attention projections, as the backends place it, at rank 1
+
+
+def count(family: str, side: int) -> Counted:
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+
+    build, _ = FAMILIES[family]
+    latent = side // 8
+    with torch.device("meta"):
+        net, tokens, width = build()
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2)
+        x, t, text = torch.empty(1, 4, latent, latent), torch.empty(1), torch.empty(1, tokens, width)
+    with FlopCounterMode(display=False) as counter:
+        if family == "pixart_alpha":
+            net(x, encoder_hidden_states=text, timestep=t, added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+        elif family == "sdxl":
+            net(x, t, encoder_hidden_states=text, added_cond_kwargs={
+                "text_embeds": torch.empty(1, 1280, device="meta"), "time_ids": torch.empty(1, 6, device="meta")})
+        else:
+            net(x, t, encoder_hidden_states=text)
+    denoiser = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        vae.decode(x)
+    decode = counter.get_total_flops()
+    params = sum(p.numel() for p in net.parameters())
+    from bench.backends.pretrained import trainable_copy
+
+    adapted = trainable_copy(net, lora_rank=1)
+    lora = sum(p.numel() for name, p in adapted.named_parameters() if "lora_" in name)
+    return Counted(params, sum(p.numel() for p in vae.parameters()), denoiser, decode, lora)
+
+
+def reward_flops(reward: str) -> tuple[float, float]:
+    """(parameters, forward FLOPs an image) of the reward's scorers: 2 x parameters x tokens for a ViT."""
+    from bench.rewards import parse_reward
+
+    names = parse_reward(reward, tuple(REWARDS))
+    params = sum(REWARDS[name] for name in names)
+    return params, 2 * params * REWARD_TOKENS
+
+
+def estimate(cfg) -> dict:
+    """The cost of cfg's run: counted FLOPs, memory a GPU in GB and GPU-hours a GPU type (as figures)."""
+    family = cfg.backend.name
+    side = cfg.backend.resolution or FAMILIES[family][1]
+    counted = count(family, side)
+    reward_params, reward = reward_flops(cfg.reward)
+    d, v = counted.denoiser_flops, counted.vae_decode_flops
+    scores = 2 + (cfg.method.alpha_cfg != 1)
+    per_image = cfg.method.fake_steps * 4 * d + 3 * d + scores * 2 * d + 2 * v + 2 * reward
+    images = cfg.train.steps * cfg.train.batch_size
+    total = per_image * images
+
+    def trained(rank: int) -> float:  # bytes of a trained copy: all of it, or a LoRA on a frozen copy
+        if not rank:
+            return 16 * counted.denoiser_params
+        return 4 * counted.denoiser_params + 16 * rank * counted.lora_params_per_rank
+
+    ema = 4 * (cfg.backend.lora_gen * counted.lora_params_per_rank if cfg.backend.lora_gen
+               else counted.denoiser_params)  # of the trained weights only
+    memory = (trained(cfg.backend.lora_gen) + ema + trained(cfg.backend.lora_fake)
+              + 4 * counted.denoiser_params  # the frozen reference
+              + 4 * (counted.vae_params + TEXT_ENCODERS[family] + reward_params)) / 1e9
+    hours = {gpu: total / (peak * 1e12 * MFU) / 3600 for gpu, (peak, _) in GPUS.items()}
+    return {"family": family, "side": side, "denoiser_params": counted.denoiser_params,
+            "denoiser_tflops": d / 1e12, "vae_decode_tflops": v / 1e12, "reward_tflops": reward / 1e12,
+            "step_tflops_per_image": per_image / 1e12, "images": images, "total_pflops": total / 1e15,
+            "memory_gb": memory, "gpu_hours": hours, "mfu": MFU,
+            "fits": {gpu: memory <= gb for gpu, (_, gb) in GPUS.items()}}
+
+
+def report(cfg) -> str:
+    if cfg.backend.name not in FAMILIES:
+        return ("no estimate for the analytic world: it runs on the CPU in seconds to minutes "
+                "(README, Speed)")
+    e = estimate(cfg)
+    lines = [
+        f"cost estimate ({e['family']} at {e['side']} px; FLOPs counted on the released architecture, "
+        f"MFU {e['mfu']:.0%} assumed):",
+        f"  denoiser {e['denoiser_params'] / 1e9:.2f}B parameters, {e['denoiser_tflops']:.2f} TFLOP a forward; "
+        f"VAE decode {e['vae_decode_tflops']:.2f}; reward {e['reward_tflops']:.2f}",
+        f"  a training step: {e['step_tflops_per_image']:.1f} TFLOP an image x {e['images']:,} images "
+        f"= {e['total_pflops']:,.0f} PFLOP",
+        f"  memory a GPU (weights, gradients, Adam, EMA; activations not included): {e['memory_gb']:.0f} GB",
+    ]
+    for gpu, hours in e["gpu_hours"].items():
+        fits = "" if e["fits"][gpu] else f"  (does not fit in {GPUS[gpu][1]} GB: use LoRA or FSDP)"
+        lines.append(f"  {gpu:<10} {hours:>10,.1f} GPU-hours{fits}")
+    return "\n".join(lines)

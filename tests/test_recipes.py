@@ -1,0 +1,71 @@
+"""The papers' recipes as presets: every value sourced, every preset a valid run, and the dry run's cost figures
+computed from counted FLOPs by the stated formula."""
+
+import re
+
+import pytest
+
+from bench.cli import main
+from bench.config import PRESET_DIR, build_config
+from bench.estimate import GPUS, count, estimate
+
+RECIPES = sorted(p.stem for p in PRESET_DIR.glob("di_*.yaml"))
+
+
+def test_the_papers_recipes_are_all_there():
+    assert RECIPES == ["di_pp_pixart", "di_pp_sd15", "di_star_pixart", "di_star_sd15", "di_star_sdxl"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_value_of_a_recipe_names_its_source_or_says_it_is_ours(name):
+    text = (PRESET_DIR / f"{name}.yaml").read_text()
+    tags = set(re.findall(r"^# .*?(\[[^\]]+\])", text, flags=re.M)) | set(re.findall(r"(\[[^\]]+\]) [A-Z]", text))
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip() or line.rstrip().endswith(":"):
+            continue  # comments and section headers
+        _, _, comment = line.partition("#")
+        cited = [tag for tag in re.findall(r"\[[^\]]+\]", comment) if tag in tags]
+        assert cited or "our choice" in comment, f"{name}: no source for '{line.strip()}'"
+    assert build_config([f"preset={name}"]).backend.name in ("sd15", "pixart_alpha", "sdxl")
+
+
+def test_di_star_sdxl_is_post_trained_from_dmd2_at_its_own_timestep_with_the_mapped_guidance():
+    cfg = build_config(["preset=di_star_sdxl"])
+    assert cfg.backend.init == "tianweiy/DMD2/dmd2_sdxl_1step_unet_fp16.bin" and cfg.backend.t_init == 399
+    assert cfg.method.alpha_cfg == 8.5  # DI*'s 7.5 in s_c + w (s_c - s_u) is 1 + 7.5 in s_u + w (s_c - s_u)
+    assert cfg.backend.resolution == 1024
+
+
+def test_the_released_architectures_have_their_published_sizes():
+    """Counted on the meta device: SD1.5's UNet 860M, PixArt-alpha XL-2 0.6B, SDXL's UNet 2.6B parameters."""
+    assert count("sd15", 512).denoiser_params == pytest.approx(860e6, rel=0.01)
+    assert count("pixart_alpha", 512).denoiser_params == pytest.approx(611e6, rel=0.01)
+    sdxl = count("sdxl", 1024)
+    assert sdxl.denoiser_params == pytest.approx(2.567e9, rel=0.01)
+    assert count("sdxl", 512).denoiser_flops == pytest.approx(sdxl.denoiser_flops / 4, rel=0.15)  # ~ pixels
+
+
+def test_the_step_cost_follows_its_formula_and_the_hours_the_stated_utilisation():
+    base = ["preset=di_star_sd15", "train.steps=1000", "train.batch_size=10"]
+    one, two = estimate(build_config([*base, "method.fake_steps=1"])), estimate(build_config([*base,
+                                                                                              "method.fake_steps=2"]))
+    d = one["denoiser_tflops"]
+    assert two["step_tflops_per_image"] - one["step_tflops_per_image"] == pytest.approx(4 * d)  # a fake update: 4 D
+    unguided = estimate(build_config([*base, "method.fake_steps=1", "method.alpha_cfg=1"]))
+    assert one["step_tflops_per_image"] - unguided["step_tflops_per_image"] == pytest.approx(2 * d)  # uncond score
+    expected = 4 * d + 3 * d + 3 * 2 * d + 2 * one["vae_decode_tflops"] + 2 * one["reward_tflops"]
+    assert one["step_tflops_per_image"] == pytest.approx(expected)
+    assert one["total_pflops"] == pytest.approx(one["step_tflops_per_image"] * 10_000 / 1000)
+    for gpu, (peak, _) in GPUS.items():
+        assert one["gpu_hours"][gpu] == pytest.approx(one["total_pflops"] * 1e15 / (peak * 1e12 * one["mfu"]) / 3600)
+    lora = estimate(build_config([*base, "backend.lora_gen=16", "backend.lora_fake=16"]))
+    assert lora["memory_gb"] < one["memory_gb"] / 2  # Adam state of adapters only
+
+
+def test_dry_run_prints_the_configuration_and_costs_and_touches_nothing(tmp_path, capsys, hub_unreachable):
+    assert main(["run", "preset=di_star_sdxl", "--dry-run", f"results.dir={tmp_path / 'results'}"]) == 0
+    out = capsys.readouterr().out
+    assert "init: tianweiy/DMD2/dmd2_sdxl_1step_unet_fp16.bin" in out and "alpha_cfg: 8.5" in out
+    assert "sdxl at 1024 px" in out and "H100 SXM" in out and "GPU-hours" in out
+    assert "does not fit in 80 GB" in out  # full fine-tuning of three SDXL UNets with Adam
+    assert not (tmp_path / "results").exists()
