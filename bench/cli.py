@@ -398,7 +398,10 @@ scored are skipped.
   fid_ref=PATH     FID against a reference image folder or .npz statistics (clean-fid protocol)
   inception=PATH   inception-2015-12-05.pt (or BENCH_INCEPTION)   fid_resize=256  COCO's crop + LANCZOS first
   inception_sha256=HASH   the Inception file's sha256 you trust (or BENCH_INCEPTION_SHA256); others are refused
-  steps=1 guidance=0 resolution=0   pipeline sampling (0: the pipeline's default size)"""
+  steps=1 guidance=0 resolution=0   pipeline sampling (0: the pipeline's default size)
+  protocol=NAME    a paper's protocol, which fixes prompts' count, images, seed and metrics and prints its table:
+                   hpsv2-benchmark (prompts=hps_v2:DIR), parti (prompts=parti:PATH), coco (prompts=coco:PATH
+                   fid_ref=...)"""
 
 
 def cmd_eval(args: list[str]) -> int:
@@ -440,12 +443,21 @@ def cmd_eval(args: list[str]) -> int:
         else:
             value = text
         setattr(request, key, value)
+    if request.protocol:
+        from bench.eval.protocols import apply
+
+        apply(request.protocol, options, request)
     run = None
     if "run" in options:
         run = store.latest() if options["run"] == "latest" else store.get(options["run"])
     run, summary = evaluate(store, request, run=run, pipeline=options.get("pipeline"), progress=show_progress())
     lines = [f"evaluation {summary['eval_id']} of run {run.id}: {summary['protocol']['images']} images"]
     lines += [f"  {key:<14}{value:>10.4g}" for key, value in summary["metrics"].items()]
+    if "table" in summary:
+        table = summary["table"]
+        lines.append(f"  as in the paper ({request.protocol}): " + ", ".join(
+            f"{column} {'-' if value is None else f'{value:.4g}'}"
+            for column, value in zip(table["columns"], table["row"], strict=True)))
     lines.append(f"  folder: {run.dir / 'evals' / summary['eval_id']}")
     print("\n".join(lines))
     return 0

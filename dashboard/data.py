@@ -154,14 +154,21 @@ def load_evals(root: str, key: tuple) -> pd.DataFrame:
         label = (f"{backend} | prompts {prompt_set['name']} "
                  f"v{prompt_set['version']}, {prompt_set['per_prompt']} a prompt, seed {prompt_set['seed']} | "
                  + ", ".join(measured))
+        named = f"protocol {protocol['name']} | " if protocol.get("name") else ""
         rows.append({"run": row["run_id"], "eval": row["eval_id"], "protocol": json.dumps(shared, sort_keys=True),
-                     "protocol_label": label, **json.loads(row["metrics"])})
+                     "protocol_label": named + label, "protocol_name": protocol.get("name"),
+                     **json.loads(row["metrics"])})
     return pd.DataFrame(rows)
 
 
-@st.cache_data(show_spinner=False)
 def load_reported() -> list[dict]:
-    return yaml.safe_load(REPORTED.read_text()) or []
+    """Published numbers: the bundled file, or your own in the same format (BENCH_REPORTED=PATH)."""
+    return read_reported(os.environ.get("BENCH_REPORTED", str(REPORTED)))
+
+
+@st.cache_data(show_spinner=False)
+def read_reported(path: str) -> list[dict]:
+    return yaml.safe_load(Path(path).read_text()) or []
 
 
 def run_files(root: Path, run_id: str, runs: pd.DataFrame) -> dict | None:

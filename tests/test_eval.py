@@ -220,3 +220,70 @@ def test_a_pipelines_own_name_cannot_place_its_entry_outside_the_store(results, 
     assert row["id"].startswith("pipeline-escape-")
     assert (results / "runs" / row["id"]).is_dir()
     assert not list(tmp_path.rglob("*escape*")) or all(results in p.parents for p in tmp_path.rglob("*escape*"))
+
+
+def hps_benchmark(folder, per_style=2):
+    folder.mkdir()
+    for style in ("anime", "concept-art", "paintings", "photo"):
+        (folder / f"{style}.json").write_text(json.dumps([f"a {style} picture number {i}" for i in range(per_style)]))
+    return folder
+
+
+def test_the_hpsv2_benchmark_protocol_scores_each_style_and_their_mean_as_its_leaderboard_does(results, assets,
+                                                                                               tmp_path, capsys):
+    prompts = hps_benchmark(tmp_path / "hps")
+    assert main(["eval", f"pipeline={assets['pipeline']}", "protocol=hpsv2-benchmark", f"prompts=hps_v2:{prompts}",
+                 f"weights={assets['weights']}", f"results.dir={results}"]) == 0
+    (evaluation,) = Store(results).evals()
+    folder = Store(results).get(evaluation["run_id"]).dir / "evals" / evaluation["eval_id"]
+    assert evaluation["eval_id"] == "hpsv2-benchmark-n1-seed0"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["protocol"]["name"] == "hpsv2-benchmark"
+    assert set(summary["protocol"]["metrics"]) == {"hpsv2.1"} and summary["protocol"]["prompt_set"]["per_prompt"] == 1
+    lines = [json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()]
+    by_style = {}
+    for line in lines:
+        style = next(s for s in ("anime", "concept-art", "paintings", "photo") if f"a {s} picture" in line["caption"])
+        by_style.setdefault(style, []).append(line["hpsv2.1"])
+    means = {s: sum(v) / len(v) for s, v in by_style.items()}
+    assert summary["table"]["columns"] == ["Animation", "Concept-art", "Painting", "Photo", "Averaged"]
+    table = dict(zip(summary["table"]["columns"], summary["table"]["row"], strict=True))
+    for column, style in zip(table, ("anime", "concept-art", "paintings", "photo"), strict=False):
+        assert table[column] == pytest.approx(means[style])
+    assert table["Averaged"] == pytest.approx(sum(means.values()) / 4)
+    assert "as in the paper (hpsv2-benchmark): Animation" in capsys.readouterr().out
+    assert (folder / "table.md").read_text().startswith("| hpsv2-benchmark | Animation | Concept-art |")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["protocol=hpsv2", "prompts=hps_v2:X"], "protocol=hpsv2 is not valid; choose from: coco, hpsv2-benchmark, parti"),
+    (["protocol=parti", "prompts=parti:X", "metrics=hpsv2"], "protocol=parti fixes metrics; drop metrics="),
+    (["protocol=parti"], "protocol=parti reads its prompts from your copy of them: add prompts=parti:PATH"),
+    (["protocol=coco", "prompts=coco:X"], "protocol=coco includes FID: add fid_ref=FOLDER_OR_NPZ"),
+])
+def test_a_protocol_refuses_what_would_make_it_another_protocol(results, assets, capsys, extra, message):
+    assert main(["eval", f"pipeline={assets['pipeline']}", *extra, f"results.dir={results}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_named_protocol_puts_the_papers_rows_beside_ours_on_the_leaderboard(results, assets, tmp_path,
+                                                                             monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    prompts = hps_benchmark(tmp_path / "hps", per_style=1)
+    assert main(["eval", f"pipeline={assets['pipeline']}", "protocol=hpsv2-benchmark", f"prompts=hps_v2:{prompts}",
+                 f"weights={assets['weights']}", f"results.dir={results}"]) == 0
+    reported = tmp_path / "reported.yaml"
+    reported.write_text("""
+- {method: di_star, source: "a paper, Table 1", protocol: {name: hpsv2-benchmark}, metrics: {hpsv2.1: 31.0}}
+- {method: di_pp, source: "another protocol", protocol: {name: parti}, metrics: {pickscore: 22.0}}
+""")
+    monkeypatch.setenv("BENCH_RESULTS", str(results))
+    monkeypatch.setenv("BENCH_REPORTED", str(reported))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    (table,) = [t.value for t in at.dataframe if "eval" in t.value.columns]
+    assert list(table["status"]) == ["measured", "reported"]
+    assert table["run"].iloc[1] == "a paper, Table 1" and table["hpsv2.1"].iloc[1] == 31.0
+    assert "protocol hpsv2-benchmark" in " ".join(str(h.value) for h in at.subheader).replace("\\", "")

@@ -49,10 +49,11 @@ class EvalRequest:
     steps: int = 1  # pipelines only
     guidance: float = 0.0
     resolution: int = 0  # pipelines only; 0: the pipeline's default
+    protocol: str = ""  # a paper's protocol by name (bench.eval.protocols), which fixed the fields above
 
     @property
     def eval_id(self) -> str:
-        name = self.prompts.partition(":")[0]
+        name = self.protocol or self.prompts.partition(":")[0]
         return f"{name}-n{self.n}{f'-sub{self.subset}' if self.subset else ''}-seed{self.seed}"
 
 
@@ -202,6 +203,7 @@ def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipe
     folder = run.dir / "evals" / request.eval_id
     total = request.n * len(prompts.prompts)
     protocol = {
+        **({"name": request.protocol} if request.protocol else {}),
         "prompt_set": {"name": prompts.name, "version": prompts.version, "size": len(prompts.prompts),
                        "per_prompt": request.n, "seed": request.seed},
         "images": total, **source.protocol(),
@@ -252,6 +254,11 @@ def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipe
         metrics["fid"] = fid_of(folder, fid, request, store.root, progress)
     summary = {"run": run.id, "eval_id": request.eval_id, "protocol": protocol, "metrics": metrics,
                "per_prompt": rows, "provenance": provenance(run.config, "cpu")}
+    if request.protocol:
+        from bench.eval.protocols import markdown, table
+
+        summary["table"] = table(request.protocol, metrics, lines)
+        atomic_write_bytes(folder / "table.md", markdown(request.protocol, run.id, summary["table"]).encode())
     atomic_write_json(folder / "summary.json", summary)
     store.index_eval(run, summary)
     return run, summary

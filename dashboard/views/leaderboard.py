@@ -88,11 +88,17 @@ def show(root, runs: pd.DataFrame) -> None:
         for label, group in evaluations.groupby("protocol_label", sort=True):
             st.subheader(f"Protocol: {plain(label)}")
             table = group.drop(columns=["protocol", "protocol_label"]).assign(
-                method=[methods_of.get(r, "external pipeline") for r in group["run"]])
+                method=[methods_of.get(r, "external pipeline") for r in group["run"]], status="measured")
             present = [m for m in columns if m in table and table[m].notna().any()]
             table = table.sort_values(metric if metric in table else present[0],
                                       ascending=(metric in LOWER_IS_BETTER) == best_first)
-            st.dataframe(table[["run", "method", "eval", *present]], hide_index=True)
+            name = group["protocol_name"].iloc[0]
+            if name:  # a paper's protocol: its published rows belong beside ours, flagged
+                published = pd.DataFrame([{"run": r["source"], "method": r["method"], "eval": name,
+                                           "status": "reported", **r["metrics"]} for r in load_reported()
+                                          if r["protocol"].get("name") == name])
+                table = pd.concat([table, published], ignore_index=True)
+            st.dataframe(table[["status", "run", "method", "eval", *present]], hide_index=True)
 
     st.subheader("Reported in papers")
     st.caption("Published numbers, flagged 'reported': not measured here, and ranked only with rows of the same "
