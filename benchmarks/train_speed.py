@@ -9,7 +9,8 @@ trained ones; it is saved to a temporary folder and loaded through the backend's
 is a real-size HPSv2 (ViT-H-14) in memory. One step = one fake-score update + one generator update; images per
 second counts generator samples (batch / step time); peak memory is the GPU's (not measured on the CPU).
 MFU = model FLOPs of a step (counted by torch.utils.flop_counter) / step time / the GPU's dense bf16 peak
-(--peak-tflops, 989 for an H100 SXM).
+(--peak-tflops, 989 for an H100 SXM). "VAE fwd" is the share of the step's wall time in the VAE decoder's
+forward passes (its backward, inside the step's backward, is not separated: the share is a lower bound).
 """
 
 from __future__ import annotations
@@ -49,6 +50,25 @@ def sd15_sized(folder: Path) -> Path:
     return folder / "sd15"
 
 
+def timed(owner, name: str, cuda: bool) -> list[float]:
+    """Wrap owner.name so each call's wall time (forward only: its backward runs later, inside the step's) is
+    appended to the returned list."""
+    calls, original = [], getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = original(*args, **kwargs)
+        if cuda:
+            torch.cuda.synchronize()
+        calls.append(time.perf_counter() - start)
+        return out
+
+    setattr(owner, name, wrapper)
+    return calls
+
+
 def measure(args, model: Path, weights: Path, method: str, variant: str, reward) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -62,12 +82,13 @@ def measure(args, model: Path, weights: Path, method: str, variant: str, reward)
     trainer = Trainer(cfg, None, progress=False)
     if reward is not None:
         trainer.backend.reward_model = reward
+    cuda = args.device.startswith("cuda")
+    decoding = timed(trainer.backend, "decode", cuda)
 
     def step():
         trainer.fake_update()
         trainer.generator_update()
 
-    cuda = args.device.startswith("cuda")
     for _ in range(args.warmup):
         step()
     with FlopCounterMode(display=False) as counter:
@@ -75,6 +96,7 @@ def measure(args, model: Path, weights: Path, method: str, variant: str, reward)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    decoding.clear()
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
@@ -83,7 +105,8 @@ def measure(args, model: Path, weights: Path, method: str, variant: str, reward)
     seconds = (time.perf_counter() - start) / args.steps
     row = {"method": method, "variant": variant, "img_s": args.batch / seconds, "step_s": seconds,
            "gflop_step": counter.get_total_flops() / 1e9,
-           "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")}
+           "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+           "decode_share": sum(decoding) / args.steps / seconds}
     row["mfu"] = row["gflop_step"] / 1e3 / seconds / args.peak_tflops if cuda else float("nan")
     return row
 
@@ -116,7 +139,8 @@ def main() -> None:
             model = tiny_sd15(root)
         device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
         print(f"{args.size} pipeline, batch {args.batch}, {args.steps} timed steps after {args.warmup}, on {device}")
-        print(f"{'method':<9}{'variant':<11}{'img/s':>8}{'s/step':>9}{'GFLOP/step':>12}{'peak GiB':>10}{'MFU':>7}")
+        print(f"{'method':<9}{'variant':<11}{'img/s':>8}{'s/step':>9}{'GFLOP/step':>12}{'peak GiB':>10}{'MFU':>7}"
+              f"{'VAE fwd':>9}")
         for method in args.methods.split(","):
             for variant in args.variants.split(","):
                 r = measure(args, model, root / "weights", method, variant, reward)
@@ -124,7 +148,8 @@ def main() -> None:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 print(f"{r['method']:<9}{r['variant']:<11}{r['img_s']:>8.2f}{r['step_s']:>9.3f}"
-                      f"{r['gflop_step']:>12.2f}{r['peak_gib']:>10.2f}{r['mfu']:>7.1%}", flush=True)
+                      f"{r['gflop_step']:>12.2f}{r['peak_gib']:>10.2f}{r['mfu']:>7.1%}{r['decode_share']:>9.1%}",
+                      flush=True)
 
 
 if __name__ == "__main__":
