@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    commands = {"run": cmd_run, "runs": cmd_runs, "sweep": cmd_sweep, "eval": cmd_eval, "prompts": cmd_prompts,
-                "dashboard": cmd_dashboard}
+    commands = {"run": cmd_run, "runs": cmd_runs, "eval": cmd_eval, "prompts": cmd_prompts,
+                "dashboard": cmd_dashboard, **plugin_commands()}
     name, args = argv[0], argv[1:]
     try:
         if name not in commands:
@@ -329,10 +329,15 @@ def show_run(data: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_sweep(args: list[str]) -> int:
-    from sweeps.cli import sweep_main
+def plugin_commands() -> dict:
+    """Commands other packages add (`bench sweep` is the sweeps package's), found through the `bench.commands`
+    entry points: the core never imports its outer layers, they import it."""
+    from importlib.metadata import entry_points
 
-    return sweep_main(args)
+    def loader(point):
+        return lambda args: point.load()(args)
+
+    return {point.name: loader(point) for point in entry_points(group="bench.commands")}
 
 
 DASHBOARD_USAGE = """usage: bench dashboard [--results DIR] [--port N] [--address HOST] [--storage URL ...]
@@ -471,7 +476,7 @@ seed (the same on every machine)."""
 
 
 def cmd_prompts(args: list[str]) -> int:
-    from bench.eval.prompts import load_prompt_set
+    from bench.prompts import load_prompt_set
 
     if wants_help(args) or not args:
         print(PROMPTS_USAGE)

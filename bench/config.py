@@ -15,17 +15,12 @@ from typing import Any, get_type_hints
 import yaml
 
 from bench.errors import UsageError, did_you_mean, yaml_problem
+from bench.fields import param
 from bench.rewards import SCORERS, parse_reward, reward_text
 from bench.rewards.analytic import ANALYTIC_REWARDS
 from bench.store.runs import default_root
 
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-def param(default, help: str, *, ge=None, gt=None, le=None, lt=None, choices=None, parse=None):
-    """A config field with its documentation and its valid range; `parse(text)` for a structured value."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "parse": parse}
-    return field(default=default, metadata=meta)
 
 
 @dataclass

@@ -19,9 +19,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from bench.config import param
 from bench.diffusion import TIME_DISTRIBUTIONS, WEIGHTINGS, guided, inner, sample_times, time_weight
 from bench.errors import UsageError, did_you_mean
+from bench.fields import param
 
 ENTRY_POINT_GROUP = "bench.methods"
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.config import param
 from bench.diffusion import broadcast, inner
+from bench.fields import param
 from bench.method import GeneratorBatch, Method, retune
 
 

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from bench.analytic.metrics import frechet_distance, mmd2, world_metrics
 from bench.analytic.mixture import GaussianMixture
 from bench.analytic.pictures import captions, component_means
 from bench.diffusion import VPSchedule
-from bench.eval.analytic import frechet_distance, mmd2, world_metrics
 from bench.rewards.analytic import ColorfulnessReward, LinearReward, QuadraticReward
 
 SIZE = 4
@@ -129,7 +129,7 @@ class LinearGenerator(torch.nn.Module):
 
 
 def test_exact_kl_by_change_of_variables_is_the_closed_form_on_a_gaussian_generator():
-    from bench.eval.analytic import log_density_ratio
+    from bench.analytic.metrics import log_density_ratio
 
     from gaussian_case import kl_gaussians
 
@@ -157,7 +157,7 @@ class FoldingGenerator(torch.nn.Module):
 def test_exact_kl_is_nan_where_the_generator_folds():
     """A generator trained continuously from the orientation-preserving start can reach a determinant <= 0 only
     by folding, where its density sums over several preimages: those samples give NaN, never a wrong number."""
-    from bench.eval.analytic import log_density_ratio
+    from bench.analytic.metrics import log_density_ratio
 
     reference = GaussianMixture(torch.zeros(1, 1, 3, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64), 1.0)
     z = torch.tensor([[0.1, 0.0, 0.0], [2.0, 0.0, 0.0]], dtype=torch.float64)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from bench.cli import main
 from bench.config import build_config
-from bench.eval.prompts import HPS_STYLES
+from bench.prompts import HPS_STYLES
 from bench.provenance import file_sha256
 from bench.rewards import SCORERS
 from bench.store import Store

@@ -6,7 +6,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import UsageError
-from bench.eval.prompts import HPS_STYLES, builtin, load_prompt_set
+from bench.prompts import HPS_STYLES, builtin, load_prompt_set
 
 
 @pytest.fixture

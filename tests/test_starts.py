@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
+from bench.analytic.metrics import log_density_ratio
 from bench.cli import main
-from bench.eval.analytic import log_density_ratio
 from bench.store import Store
 
 from world_checks import generated, train, trainer_for

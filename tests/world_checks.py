@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from bench.analytic.metrics import frechet_distance, sample_moments
 from bench.analytic.mixture import GaussianMixture
 from bench.config import build_config
-from bench.eval.analytic import frechet_distance, sample_moments
 from bench.train.trainer import Trainer
 
 QUIET = ["eval.grid=false", "train.eval_every=0", "eval.samples=64", "train.ckpt_every=100000"]

@@ -16,11 +16,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from bench.analytic.metrics import log_density_ratio, optimum_curve, optimum_summary, world_metrics
 from bench.analytic.mixture import GaussianMixture
 from bench.analytic.pictures import captions, component_means
-from bench.config import param
 from bench.diffusion import VPSchedule, broadcast, image_noise, probability_flow
-from bench.eval.analytic import log_density_ratio, optimum_curve, optimum_summary, world_metrics
+from bench.fields import param
 from bench.rewards.analytic import build_reward
 
 CAPTION_FEATURES = 64

@@ -27,10 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from bench.backends.diffusers_io import load_pipeline, pipeline_folder
-from bench.config import param
 from bench.diffusion import DiscreteSchedule, image_noise
 from bench.errors import UsageError
-from bench.eval.prompts import load_prompt_set
+from bench.fields import param
+from bench.prompts import load_prompt_set
 
 # Attention projections: where LoRA adapts a UNet or a DiT (the convention of diffusers' training scripts).
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

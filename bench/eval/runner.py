@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from bench.diffusion import image_noise, noise_generator
 from bench.errors import UsageError
-from bench.eval.prompts import PromptSet, load_prompt_set
+from bench.prompts import PromptSet, load_prompt_set
 from bench.provenance import folder_sha256, provenance
 from bench.store import Run, Store
 from bench.store.files import atomic_write_bytes, atomic_write_json, read_jsonl
