@@ -70,7 +70,7 @@ def chromium_session(browser: str, profile: str):
         page = next(t for t in json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
                     if t["type"] == "page")
         with connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024) as connection:
-            yield lambda url, expected, timeout=120: visit(connection, url, expected, timeout)
+            yield lambda url, expected, charts=0, timeout=120: visit(connection, url, expected, charts, timeout)
     finally:
         proc.kill()
         proc.wait()
@@ -79,7 +79,9 @@ def chromium_session(browser: str, profile: str):
 IDS = itertools.count(1)
 
 
-def visit(connection, url: str, expected: list[str], timeout: float) -> Page:
+def visit(connection, url: str, expected: list[str], charts_expected: int, timeout: float) -> Page:
+    """The page once its text shows every string in `expected`, it holds at least `charts_expected` charts, and
+    those have not changed for half a second (Streamlit sends text first and charts after)."""
     def call(method: str, **params):
         message_id = next(IDS)
         connection.send(json.dumps({"id": message_id, "method": method, "params": params}))
@@ -96,7 +98,7 @@ def visit(connection, url: str, expected: list[str], timeout: float) -> Page:
     while time.time() < deadline:
         text = evaluate(TEXT) or ""
         charts = evaluate(CHARTS) or []
-        if all(item in text for item in expected) and charts == previous:
+        if all(item in text for item in expected) and len(charts) >= charts_expected and charts == previous:
             break  # the text is there and the charts were the same half a second ago: drawing has finished
         previous = charts
         time.sleep(0.5)

@@ -258,14 +258,15 @@ def test_served_dashboard_draws_every_chart_in_a_real_browser(store, tmp_path):
     kl_run = ids(store, method="kl_rlhf", study=None)[0]
     pair = ids(store, method="di_pp", study=None, status="finished")
     base = f"http://127.0.0.1:{port}/"
-    visits = {  # the link cells hold their address (shown as "run page")
-        "leaderboard": (base, ["Leaderboard", "Reported in papers", f"?page=run&run={kl_run}", "?page=compare&runs="]),
-        "frontier": (base + "?page=frontier", ["Reward-divergence frontier"]),
-        "run": (base + f"?page=run&run={kl_run}", ["Per-prompt scores"]),
-        "compare": (base + f"?page=compare&runs={','.join(pair)}", ["Evaluation curves"]),
-        "prompts": (base + "?page=prompts", ["run A", "run B", "(image 0)"]),
-        "sweep": (base + "?page=sweeps&study=tiny", ["Parameter importance"]),
-        "pareto": (base + "?page=sweeps&study=front", ["Pareto front"]),
+    visits = {  # page: address, text it must show, charts it must hold (the link cells hold their address)
+        "leaderboard": (base, ["Leaderboard", "Reported in papers", f"?page=run&run={kl_run}", "?page=compare&runs="],
+                        1),
+        "frontier": (base + "?page=frontier", ["Reward-divergence frontier"], 1),
+        "run": (base + f"?page=run&run={kl_run}", ["Per-prompt scores"], 6),
+        "compare": (base + f"?page=compare&runs={','.join(pair)}", ["Evaluation curves"], 3),
+        "prompts": (base + "?page=prompts", ["run A", "run B", "(image 0)"], 0),
+        "sweep": (base + "?page=sweeps&study=tiny", ["Parameter importance"], 3),
+        "pareto": (base + "?page=sweeps&study=front", ["Pareto front"], 4),
     }
 
     def listening():
@@ -275,7 +276,7 @@ def test_served_dashboard_draws_every_chart_in_a_real_browser(store, tmp_path):
     try:
         wait_until(listening, proc=server, timeout=60, interval=0.2)
         with chromium_session(browser, str(tmp_path / "profile")) as open_page:
-            pages = {name: open_page(url, expected) for name, (url, expected) in visits.items()}
+            pages = {name: open_page(url, expected, charts) for name, (url, expected, charts) in visits.items()}
     finally:
         server.terminate()
         server.wait(timeout=30)
