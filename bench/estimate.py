@@ -3,8 +3,10 @@ the real architectures.
 
 The denoiser and the VAE decoder of each family are built at their released sizes on PyTorch's meta device (shapes,
 no memory, no weights) and run once under torch.utils.flop_counter at the run's resolution. A training step's cost
-a generated image is then, with D a denoiser forward, V a VAE decode and R a reward forward, all at batch 1:
+a generated image is then, with D a denoiser forward, V a VAE decode, R a reward forward and T a prompt's text
+encoding (2 x encoder parameters x tokens), all at batch 1:
 
+    every draw             T: the prompts of each of the K + 1 batches are encoded afresh
     K fake-score updates   K x (D generator, no grad + 3 D fake forward and backward)
     generator update       3 D generator forward and backward
                            + (2 or 3 score networks) x 2 D: fake, reference conditional, and unconditional when
@@ -28,6 +30,7 @@ GPUS = {"A100 80GB": (312, 80), "H100 SXM": (989, 80), "H200": (989, 141), "L40S
 MFU = 0.35  # assumed: large diffusion training commonly reaches 30 to 45% on these GPUs
 # Parameters of the networks that only read (text encoders, reward models), from their released checkpoints.
 TEXT_ENCODERS = {"sd15": 123e6, "pixart_alpha": 4.76e9, "sdxl": 123e6 + 695e6}  # CLIP-L; T5-XXL enc.; + bigG
+TEXT_TOKENS = {"sd15": 77, "pixart_alpha": 120, "sdxl": 77}
 REWARDS = {"hpsv2": 986e6, "hpsv2.1": 986e6, "pickscore": 986e6, "image_reward": 447e6, "aesthetic": 428e6,
            "clip_score": 428e6}  # ViT-H-14 CLIP; BLIP-L; ViT-L-14 CLIP (+ a small MLP)
 REWARD_TOKENS = 257  # a ViT at 224 px with patch 14 (16 x 16 patches and the class token)
@@ -123,7 +126,9 @@ def estimate(cfg) -> dict:
     reward_params, reward = reward_flops(cfg.reward)
     d, v = counted.denoiser_flops, counted.vae_decode_flops
     scores = 2 + (cfg.method.alpha_cfg != 1)
-    per_image = cfg.method.fake_steps * 4 * d + 3 * d + scores * 2 * d + 2 * v + 2 * reward
+    text = 2 * TEXT_ENCODERS[family] * TEXT_TOKENS[family]
+    per_image = (cfg.method.fake_steps + 1) * text + cfg.method.fake_steps * 4 * d + 3 * d + scores * 2 * d \
+        + 2 * v + 2 * reward
     images = cfg.train.steps * cfg.train.batch_size
     total = per_image * images
 
@@ -140,6 +145,7 @@ def estimate(cfg) -> dict:
     hours = {gpu: total / (peak * 1e12 * MFU) / 3600 for gpu, (peak, _) in GPUS.items()}
     return {"family": family, "side": side, "denoiser_params": counted.denoiser_params,
             "denoiser_tflops": d / 1e12, "vae_decode_tflops": v / 1e12, "reward_tflops": reward / 1e12,
+            "text_tflops": text / 1e12,
             "step_tflops_per_image": per_image / 1e12, "images": images, "total_pflops": total / 1e15,
             "memory_gb": memory, "gpu_hours": hours, "mfu": MFU,
             "fits": {gpu: memory <= gb for gpu, (_, gb) in GPUS.items()}}
@@ -154,7 +160,8 @@ def report(cfg) -> str:
         f"cost estimate ({e['family']} at {e['side']} px; FLOPs counted on the released architecture, "
         f"MFU {e['mfu']:.0%} assumed):",
         f"  denoiser {e['denoiser_params'] / 1e9:.2f}B parameters, {e['denoiser_tflops']:.2f} TFLOP a forward; "
-        f"VAE decode {e['vae_decode_tflops']:.2f}; reward {e['reward_tflops']:.2f}",
+        f"VAE decode {e['vae_decode_tflops']:.2f}; reward {e['reward_tflops']:.2f}; a prompt's encoding "
+        f"{e['text_tflops']:.2f}",
         f"  a training step: {e['step_tflops_per_image']:.1f} TFLOP an image x {e['images']:,} images "
         f"= {e['total_pflops']:,.0f} PFLOP",
         f"  memory a GPU (weights, gradients, Adam, EMA; activations not included): {e['memory_gb']:.0f} GB",

@@ -36,6 +36,13 @@ def test_di_star_sdxl_is_post_trained_from_dmd2_at_its_own_timestep_with_the_map
     assert cfg.backend.resolution == 1024
 
 
+def test_a_prompt_encoding_costs_two_flops_a_parameter_a_token():
+    """T5-XXL's encoder (4.76B) on PixArt's 120 tokens is about a DiT forward; CLIP-L on 77 tokens is small."""
+    pixart = estimate(build_config(["preset=di_pp_pixart"]))
+    assert pixart["text_tflops"] == pytest.approx(2 * 4.76e9 * 120 / 1e12)
+    assert estimate(build_config(["preset=di_pp_sd15"]))["text_tflops"] == pytest.approx(2 * 123e6 * 77 / 1e12)
+
+
 def test_the_released_architectures_have_their_published_sizes():
     """Counted on the meta device: SD1.5's UNet 860M, PixArt-alpha XL-2 0.6B, SDXL's UNet 2.6B parameters."""
     assert count("sd15", 512).denoiser_params == pytest.approx(860e6, rel=0.01)
@@ -50,10 +57,11 @@ def test_the_step_cost_follows_its_formula_and_the_hours_the_stated_utilisation(
     one, two = estimate(build_config([*base, "method.fake_steps=1"])), estimate(build_config([*base,
                                                                                               "method.fake_steps=2"]))
     d = one["denoiser_tflops"]
-    assert two["step_tflops_per_image"] - one["step_tflops_per_image"] == pytest.approx(4 * d)  # a fake update: 4 D
+    t = one["text_tflops"]
+    assert two["step_tflops_per_image"] - one["step_tflops_per_image"] == pytest.approx(4 * d + t)  # a fake update
     unguided = estimate(build_config([*base, "method.fake_steps=1", "method.alpha_cfg=1"]))
     assert one["step_tflops_per_image"] - unguided["step_tflops_per_image"] == pytest.approx(2 * d)  # uncond score
-    expected = 4 * d + 3 * d + 3 * 2 * d + 2 * one["vae_decode_tflops"] + 2 * one["reward_tflops"]
+    expected = 2 * t + 4 * d + 3 * d + 3 * 2 * d + 2 * one["vae_decode_tflops"] + 2 * one["reward_tflops"]
     assert one["step_tflops_per_image"] == pytest.approx(expected)
     assert one["total_pflops"] == pytest.approx(one["step_tflops_per_image"] * 10_000 / 1000)
     for gpu, (peak, _) in GPUS.items():
