@@ -42,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     commands = {"run": cmd_run, "runs": cmd_runs, "eval": cmd_eval, "prompts": cmd_prompts,
-                "dashboard": cmd_dashboard, **plugin_commands()}
+                "dashboard": cmd_dashboard}
     name, args = argv[0], argv[1:]
     try:
+        if name not in commands:
+            commands |= plugin_commands()  # read from the installed metadata only when needed
         if name not in commands:
             raise UsageError(f"unknown command '{name}'{did_you_mean(name, commands)}")
         return commands[name](args)
@@ -176,18 +178,23 @@ def new_trainer(cfg, run):
     return Trainer(cfg, run, progress=show_progress(), report_every=report_seconds())
 
 
-def train_run(trainer) -> int:
-    import contextlib
+def sigterm_as_ctrl_c() -> None:
+    """A cluster's stop (SIGTERM) handled as a Ctrl-C: a run is marked interrupted, a sweep re-queues its trial."""
     import signal
-
-    from bench.train.trainer import Diverged
-
-    run, main = trainer.run, trainer.main  # only the main process writes to the store and prints
 
     def terminated(signum, frame):
         raise KeyboardInterrupt("SIGTERM")
 
-    signal.signal(signal.SIGTERM, terminated)  # a cluster's stop is a Ctrl-C: the run is marked, not left running
+    signal.signal(signal.SIGTERM, terminated)
+
+
+def train_run(trainer) -> int:
+    import contextlib
+
+    from bench.train.trainer import Diverged
+
+    run, main = trainer.run, trainer.main  # only the main process writes to the store and prints
+    sigterm_as_ctrl_c()
     try:
         summary = trainer.fit()
     except Diverged as err:

@@ -30,7 +30,6 @@ GPUS = {"A100 80GB": (312, 80), "H100 SXM": (989, 80), "H200": (989, 141), "L40S
 MFU = 0.35  # assumed: large diffusion training commonly reaches 30 to 45% on these GPUs
 # Parameters of the networks that only read (text encoders, reward models), from their released checkpoints.
 TEXT_ENCODERS = {"sd15": 123e6, "pixart_alpha": 4.76e9, "sdxl": 123e6 + 695e6}  # CLIP-L; T5-XXL enc.; + bigG
-TEXT_TOKENS = {"sd15": 77, "pixart_alpha": 120, "sdxl": 77}
 REWARDS = {"hpsv2": 986e6, "hpsv2.1": 986e6, "pickscore": 986e6, "image_reward": 447e6, "aesthetic": 428e6,
            "clip_score": 428e6}  # ViT-H-14 CLIP; BLIP-L; ViT-L-14 CLIP (+ a small MLP)
 REWARD_TOKENS = 257  # a ViT at 224 px with patch 14 (16 x 16 patches and the class token)
@@ -76,6 +75,7 @@ class Counted:
     denoiser_flops: float  # one forward, one image
     vae_decode_flops: float
     lora_params_per_rank: float  # LoRA on the attention projections, as the backends place it, at rank 1
+    text_tokens: int  # a prompt's length as the family's text encoder pads it
 
 
 def count(family: str, side: int) -> Counted:
@@ -106,7 +106,7 @@ def count(family: str, side: int) -> Counted:
 
     adapted = trainable_copy(net, lora_rank=1)
     lora = sum(p.numel() for name, p in adapted.named_parameters() if "lora_" in name)
-    return Counted(params, sum(p.numel() for p in vae.parameters()), denoiser, decode, lora)
+    return Counted(params, sum(p.numel() for p in vae.parameters()), denoiser, decode, lora, tokens)
 
 
 def reward_flops(reward: str) -> tuple[float, float]:
@@ -126,7 +126,7 @@ def estimate(cfg) -> dict:
     reward_params, reward = reward_flops(cfg.reward)
     d, v = counted.denoiser_flops, counted.vae_decode_flops
     scores = 2 + (cfg.method.alpha_cfg != 1)
-    text = 2 * TEXT_ENCODERS[family] * TEXT_TOKENS[family]
+    text = 2 * TEXT_ENCODERS[family] * counted.text_tokens
     per_image = (cfg.method.fake_steps + 1) * text + cfg.method.fake_steps * 4 * d + 3 * d + scores * 2 * d \
         + 2 * v + 2 * reward
     images = cfg.train.steps * cfg.train.batch_size

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from bench.cli import report_seconds, show_progress, store_from, wants_help, whole_number
+from bench.cli import report_seconds, show_progress, sigterm_as_ctrl_c, store_from, wants_help, whole_number
 from bench.errors import UsageError
 
 USAGE = """usage: bench sweep [status|best] [study=NAME] [space=NAME|PATH] [storage=URL] [n_trials=N] [--workers N]
@@ -88,10 +88,7 @@ def sweep_main(args: list[str]) -> int:
     study = studies.create_study(storage, name, space, method, trial_args, options["sampler_seed"])
     n_trials = options.get("n_trials") or (math.prod(len(v) for v in space.grid.values()) if space.grid else 12)
     started = time.perf_counter()
-    def terminated(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, terminated)  # a cluster's stop: the trial in progress is re-queued
+    sigterm_as_ctrl_c()  # the trial in progress is re-queued
     try:
         if workers == 1:
             work_here(study, space, trial_args, n_trials, store, method, url)

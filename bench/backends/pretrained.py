@@ -321,13 +321,12 @@ def one_step_start(source: str, backend: PretrainedBackend) -> nn.Module:
         net = kind.from_pretrained(path, subfolder=subfolder, local_files_only=True)
     except (OSError, ValueError, TypeError, RuntimeError) as err:
         raise UsageError(f"backend.init={source}: not a {kind.__name__} ({str(err).splitlines()[0]})") from None
-    if dict(net.config) != dict(reference.config):
-        differ = sorted(k for k in set(net.config) | set(reference.config)
-                        if net.config.get(k) != reference.config.get(k) and not k.startswith("_"))
-        if differ:
-            raise UsageError(f"backend.init={source} is a {kind.__name__} of another shape than the reference's "
-                             f"({', '.join(differ[:4])} differ); the generator must share the reference's latents "
-                             "and text embeddings")
+    differ = sorted(k for k in set(net.config) | set(reference.config)
+                    if not k.startswith("_") and net.config.get(k) != reference.config.get(k))
+    if differ:
+        raise UsageError(f"backend.init={source} is a {kind.__name__} of another shape than the reference's "
+                         f"({', '.join(differ[:4])} differ); the generator must share the reference's latents "
+                         "and text embeddings")
     return net.requires_grad_(False).eval().to(backend.device)
 
 

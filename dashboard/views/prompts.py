@@ -51,8 +51,9 @@ def show(root, runs: pd.DataFrame) -> None:
     prompt = st.selectbox("prompt", list(means.index))
     st.subheader(plain(prompt))
     shown = scores[scores["caption"] == prompt]
+    methods = dict(zip(runs["id"], runs["method"], strict=True))
     for column, run_id in zip(st.columns(len(evaluated)), evaluated, strict=True):
-        column.caption(plain(f"{run_id} ({runs.set_index('id')['method'].get(run_id, 'external pipeline')})"))
+        column.caption(plain(f"{run_id} ({methods.get(run_id, 'external pipeline')})"))
         for _, image in shown[shown["run"] == run_id].iterrows():
             if image["file"] is not None:
                 column.image(image["file"].read_bytes(),

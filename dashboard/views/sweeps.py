@@ -63,17 +63,21 @@ def load_trials(url: str, name: str) -> tuple[pd.DataFrame, list[str], list[str]
     return pd.DataFrame(rows), objectives, directions
 
 
+def chart_field(name) -> str:
+    """A field name Vega-Lite reads as written: it takes a dot for a nested field (so `method.alpha_rew` is read
+    as nothing, and every point is dropped) and brackets for an index."""
+    return str(name).replace(".", "_").replace("[", "(").replace("]", ")")
+
+
 def chart_fields(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with field names Vega-Lite reads as written: it takes a dot for a nested field (so
-    `method.alpha_rew` is read as nothing, and every point is dropped) and brackets for an index."""
-    return frame.rename(columns=lambda c: str(c).replace(".", "_").replace("[", "(").replace("]", ")"))
+    return frame.rename(columns=chart_field)
 
 
 def objective_map(complete: pd.DataFrame, objective: str, direction: str) -> None:
     """The trials as points, and beside them the objective filled in over a grid of log alpha_rew x alpha_cfg
     (the mean of the trials in each cell), which shows the shape that scattered points hide."""
     frame = chart_fields(complete.assign(log10_alpha_rew=np.log10(complete["method.alpha_rew"])))
-    field = chart_fields(pd.DataFrame(columns=[objective])).columns[0]
+    field = chart_field(objective)
     scheme = alt.Scale(scheme="viridis", reverse=direction == "minimize")  # bright is better either way
     points, filled = st.columns(2)
     points.altair_chart(alt.Chart(frame).mark_circle(size=140).encode(
@@ -125,7 +129,7 @@ def show(root, runs: pd.DataFrame) -> None:
         st.subheader("Pareto front")
         st.caption(plain(f"{objectives[0]} ({directions[0]}) against {objectives[1]} ({directions[1]}); the front is "
                          "marked."))
-        first, second = chart_fields(pd.DataFrame(columns=objectives[:2])).columns
+        first, second = chart_field(objectives[0]), chart_field(objectives[1])
         st.altair_chart(alt.Chart(chart_fields(complete)).mark_circle(size=120).encode(
             x=alt.X(f"{first}:Q", title=objectives[0]), y=alt.Y(f"{second}:Q", title=objectives[1]),
             color="pareto:N", tooltip=["trial", f"{first}:Q", f"{second}:Q", "run"],
