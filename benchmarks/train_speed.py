@@ -1,5 +1,6 @@
 """Training speed and memory of the diffusers backend, per method: fp32 against bf16 with and without
-gradient checkpointing, in the same run.
+gradient checkpointing, and the reward's images decoded one at a time (the default) against the whole batch at
+once, in the same run.
 
     python benchmarks/train_speed.py                          # tiny random SD1.5 pipeline on the CPU
     python benchmarks/train_speed.py --size sd15 --device cuda  # SD1.5-sized random weights at 512 px
@@ -10,7 +11,10 @@ is a real-size HPSv2 (ViT-H-14) in memory. One step = one fake-score update + on
 second counts generator samples (batch / step time); peak memory is the GPU's (not measured on the CPU).
 MFU = model FLOPs of a step (counted by torch.utils.flop_counter) / step time / the GPU's dense bf16 peak
 (--peak-tflops, 989 for an H100 SXM). "VAE fwd" is the share of the step's wall time in the VAE decoder's
-forward passes (its backward, inside the step's backward, is not separated: the share is a lower bound).
+forward passes; "reward" the share in the backend's reward: decoding and scoring, and, when decoded in groups
+(backend.decode_batch), their backward too (with the whole batch at once, that backward runs later, inside the
+step's). "act MiB" is the peak of the tensors autograd keeps for backward during a step (tests/activations.py):
+activation memory, counted the same way on the CPU as on a GPU.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16+ckpt": ("bf16", True)}
+# name: (precision, gradient checkpointing of the denoisers, images decoded together for the reward's gradient)
+VARIANTS = {"fp32": ("fp32", False, 1), "bf16": ("bf16", False, 1), "bf16+ckpt": ("bf16", True, 1),
+            "bf16 batch-dec": ("bf16", False, 0), "bf16+ckpt batch-dec": ("bf16", True, 0)}
 
 
 def sd15_sized(folder: Path) -> Path:
@@ -72,18 +78,21 @@ def timed(owner, name: str, cuda: bool) -> list[float]:
 def measure(args, model: Path, weights: Path, method: str, variant: str, reward) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
+    from bench.activations import SavedActivations
     from bench.config import build_config
     from bench.train.trainer import Trainer
 
-    precision, ckpt = VARIANTS[variant]
+    precision, ckpt, decode_batch = VARIANTS[variant]
     cfg = build_config([f"method={method}", "backend=sd15", f"backend.model={model}", "reward=hpsv2",
                         f"weights={weights}", f"train.batch_size={args.batch}", f"train.precision={precision}",
-                        f"backend.grad_ckpt={ckpt}", f"device={args.device}", "method.alpha_cfg=4.5"])
+                        f"backend.grad_ckpt={ckpt}", f"backend.decode_batch={decode_batch}",
+                        f"device={args.device}", "method.alpha_cfg=4.5", *args.extra])
     trainer = Trainer(cfg, None, progress=False)
     if reward is not None:
         trainer.backend.reward_model = reward
     cuda = args.device.startswith("cuda")
     decoding = timed(trainer.backend, "decode", cuda)
+    rewarding = timed(trainer.backend, "reward", cuda)
 
     def step():
         trainer.fake_update()
@@ -93,10 +102,14 @@ def measure(args, model: Path, weights: Path, method: str, variant: str, reward)
         step()
     with FlopCounterMode(display=False) as counter:
         step()
+    b = trainer.backend
+    with SavedActivations(b.generator, b.fake, b.reference_net, b.pipe.vae, b.reward_model) as saved:
+        step()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     decoding.clear()
+    rewarding.clear()
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
@@ -106,7 +119,8 @@ def measure(args, model: Path, weights: Path, method: str, variant: str, reward)
     row = {"method": method, "variant": variant, "img_s": args.batch / seconds, "step_s": seconds,
            "gflop_step": counter.get_total_flops() / 1e9,
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
-           "decode_share": sum(decoding) / args.steps / seconds}
+           "act_mib": saved.peak / 2**20, "decode_share": sum(decoding) / args.steps / seconds,
+           "reward_share": sum(rewarding) / args.steps / seconds}
     row["mfu"] = row["gflop_step"] / 1e3 / seconds / args.peak_tflops if cuda else float("nan")
     return row
 
@@ -121,6 +135,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--methods", default="di_star,di_pp,kl_rlhf")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("extra", nargs="*", help="more key=value overrides for every run, e.g. backend.resolution=256")
     args = parser.parse_args()
 
     from random_weights import write_weights
@@ -139,17 +154,17 @@ def main() -> None:
             model = tiny_sd15(root)
         device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
         print(f"{args.size} pipeline, batch {args.batch}, {args.steps} timed steps after {args.warmup}, on {device}")
-        print(f"{'method':<9}{'variant':<11}{'img/s':>8}{'s/step':>9}{'GFLOP/step':>12}{'peak GiB':>10}{'MFU':>7}"
-              f"{'VAE fwd':>9}")
+        print(f"{'method':<9}{'variant':<21}{'img/s':>8}{'s/step':>9}{'GFLOP/step':>12}{'peak GiB':>10}"
+              f"{'act MiB':>9}{'MFU':>7}{'VAE fwd':>9}{'reward':>8}")
         for method in args.methods.split(","):
             for variant in args.variants.split(","):
                 r = measure(args, model, root / "weights", method, variant, reward)
                 gc.collect()  # the previous trainer's networks go before the next one loads
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                print(f"{r['method']:<9}{r['variant']:<11}{r['img_s']:>8.2f}{r['step_s']:>9.3f}"
-                      f"{r['gflop_step']:>12.2f}{r['peak_gib']:>10.2f}{r['mfu']:>7.1%}{r['decode_share']:>9.1%}",
-                      flush=True)
+                print(f"{r['method']:<9}{r['variant']:<21}{r['img_s']:>8.2f}{r['step_s']:>9.3f}"
+                      f"{r['gflop_step']:>12.2f}{r['peak_gib']:>10.2f}{r['act_mib']:>9.1f}{r['mfu']:>7.1%}"
+                      f"{r['decode_share']:>9.1%}{r['reward_share']:>8.1%}", flush=True)
 
 
 if __name__ == "__main__":

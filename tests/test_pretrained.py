@@ -27,6 +27,14 @@ def changed(before: dict, module) -> list[str]:
     return [name for name, value in module.state_dict().items() if not torch.equal(before[name], value)]
 
 
+def generated(trainer, n: int):
+    """n generator samples (latents, without gradient) and their prompts' condition."""
+    z, ids = trainer.backend.sample_inputs(n, torch.Generator().manual_seed(0))
+    cond = trainer.backend.encode(ids)
+    with torch.no_grad():
+        return trainer.generator(z.to(trainer.device), cond), cond
+
+
 def trainer_for(tiny_models, backend, *extra, run=None) -> Trainer:
     return Trainer(build_config([*backend_args(tiny_models, backend), *extra]), run, progress=False)
 
@@ -55,6 +63,41 @@ def test_the_reward_gradient_reaches_the_latents_through_the_vae_decoder(tiny_mo
     x0 = trainer.generator(d["z"], d["cond"]).detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(trainer.backend.reward(x0, d["cond"]).sum(), x0)
     assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_reward_scored_in_groups_has_the_whole_batchs_values_and_gradients(tiny_models, backend):
+    trainer = trainer_for(tiny_models, backend)
+    source, cond = generated(trainer, 5)
+    rewards, grads = {}, {}
+    for group in (0, 1, 2):  # the whole batch; one image at a time; groups of 2, 2 and 1
+        trainer.backend.settings.decode_batch = group
+        leaf = source.clone().requires_grad_(True)
+        latents = 1.5 * leaf  # a graph before the reward, as the generator's (or kl_rlhf's denoiser's) is
+        rewards[group] = trainer.backend.reward(latents, cond)
+        (grads[group],) = torch.autograd.grad((rewards[group] * torch.arange(1.0, 6.0)).sum(), leaf)
+    assert grads[0].flatten(1).norm(dim=1).min() > 0
+    for group in (1, 2):
+        torch.testing.assert_close(rewards[group], rewards[0].detach(), rtol=1e-5, atol=1e-6)
+        # batched and single-image kernels round differently: tolerances relative to the gradient's size
+        torch.testing.assert_close(grads[group], grads[0], rtol=1e-3, atol=1e-5 * float(grads[0].abs().max()))
+
+
+def test_scoring_in_groups_keeps_one_groups_decoder_activations_not_the_batchs(tiny_models):
+    from bench.activations import SavedActivations
+
+    trainer = trainer_for(tiny_models, "sd15")
+    b = trainer.backend
+    source, cond = generated(trainer, 4)
+    peaks = {}
+    for group in (0, 1):
+        b.settings.decode_batch = group
+        latents = source.clone().requires_grad_(True)
+        with SavedActivations(b.pipe.vae, b.reward_model) as saved:
+            b.reward(latents, cond).sum().backward()
+        assert saved.now == 0  # everything saved was released by the backward
+        peaks[group] = saved.peak
+    assert peaks[1] < 0.3 * peaks[0], peaks
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.backends.diffusers_io import load_pipeline, pipeline_folder
-from bench.diffusion import DiscreteSchedule, image_noise
+from bench.diffusion import DiscreteSchedule, image_noise, inner
 from bench.errors import UsageError
 from bench.fields import param
 from bench.prompts import load_prompt_set
@@ -66,6 +66,9 @@ class PretrainedConfig:
     lora_gen: int = param(0, "LoRA rank of the generator (0: full fine-tuning)", ge=0)
     lora_fake: int = param(0, "LoRA rank of the fake-score network (0: full fine-tuning)", ge=0)
     grad_ckpt: bool = param(False, "gradient checkpointing in every denoiser (less memory, about 30% slower)")
+    decode_batch: int = param(1, "images decoded and scored together when the reward's gradient is taken; each "
+                              "group's VAE activations are freed before the next (0: the whole batch at once). The "
+                              "gradient is the same; memory grows with this number", ge=0)
     prompts: str = param("builtin", "training prompts: builtin, coco:PATH, hps_v2:DIR, parti:PATH or text:PATH")
     eval_prompts: int = param(8, "prompts of the training set that the in-training evaluation uses", ge=1)
 
@@ -203,8 +206,27 @@ class PretrainedBackend:
         images = vae.decode(latents / vae.config.scaling_factor).sample.float()
         return ((images + 1) / 2).clamp(0, 1)
 
-    def reward(self, x0: Tensor, cond: TextCondition) -> Tensor:
-        return self.reward_model(self.decode(x0), [self.captions[int(i)] for i in cond.ids])
+    def reward(self, latents: Tensor, cond: TextCondition) -> Tensor:
+        """r(decode(latents)) for the batch's prompts, with its gradient to the latents.
+
+        The VAE decoder's activations are the largest a step keeps for its backward (about 3 GB an image at
+        512 px in bf16, three times a UNet's), so they are not kept: the images are decoded and scored
+        `decode_batch` at a time, each group's gradient to its latents is taken at once and its activations
+        freed, and the surrogate <sg[dr/dL], L> carries those gradients into the step's backward. An image's
+        reward depends on its own latents only, so this is the same gradient at no extra compute.
+        """
+        texts = [self.captions[int(i)] for i in cond.ids]
+        group = self.settings.decode_batch or len(latents)
+        if group >= len(latents) or not (torch.is_grad_enabled() and latents.requires_grad):
+            return self.reward_model(self.decode(latents), texts).float()
+        values, grads = [], []
+        for start in range(0, len(latents), group):
+            part = latents[start:start + group].detach().requires_grad_(True)
+            value = self.reward_model(self.decode(part), texts[start:start + group]).float()
+            grads.append(torch.autograd.grad(value.sum(), part)[0])
+            values.append(value.detach())
+        surrogate = inner(torch.cat(grads), latents)
+        return torch.cat(values) + surrogate - surrogate.detach()
 
     # -- evaluation ---------------------------------------------------------------------------------------
 
