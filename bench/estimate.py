@@ -14,19 +14,29 @@ encoding (2 x encoder parameters x tokens), all at batch 1:
                            + 2 V + 2 R: decode and reward, with a backward to the latents
 
 Memory counts weights, gradients and Adam state (16 bytes a trained parameter, 4 more for the generator's EMA),
-frozen networks in fp32 (4 bytes), per GPU under data parallelism (every GPU holds everything); activations are
-not counted (they scale with the per-GPU batch; backend.grad_ckpt=true bounds them). GPU-hours assume a model FLOP
-utilisation of MFU (stated with the figures): a planning number, not a measurement.
+frozen networks in fp32 (4 bytes), per GPU under data parallelism (every GPU holds everything). Activations are
+counted too: the tensors autograd keeps for backward, recorded while the meta-device networks run (attention kept as
+a fused kernel keeps it), in fp32 and halved for bf16 (measured: 0.48 to 0.49 for SD1.5's UNet and VAE at 512 px).
+Their peak is in the generator update: the generator's, every score network's with its input's gradient (the same
+upper bound as for FLOPs) and the decoder's for one group of `backend.decode_batch` images; the reward's and, under
+gradient checkpointing, the checkpointed blocks' inputs are not counted. From them, the largest per-GPU batch that
+fits each GPU. GPU-hours assume a model FLOP utilisation of MFU (stated with the figures): a planning number, not a
+measurement.
 """
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from bench.activations import SavedActivations
+
 # Dense bf16 peak TFLOP/s and memory (GB) of common training GPUs, from their vendors' data sheets.
 GPUS = {"A100 80GB": (312, 80), "H100 SXM": (989, 80), "H200": (989, 141), "L40S": (362, 48)}
+BF16_ACTIVATIONS = 0.5  # bf16 activations against fp32 (measured 0.48 to 0.49, see the module's text)
 MFU = 0.35  # assumed: large diffusion training commonly reaches 30 to 45% on these GPUs
 # Parameters of the networks that only read (text encoders, reward models), from their released checkpoints.
 TEXT_ENCODERS = {"sd15": 123e6, "pixart_alpha": 4.76e9, "sdxl": 123e6 + 695e6}  # CLIP-L; T5-XXL enc.; + bigG
@@ -76,8 +86,55 @@ class Counted:
     vae_decode_flops: float
     lora_params_per_rank: float  # LoRA on the attention projections, as the backends place it, at rank 1
     text_tokens: int  # a prompt's length as the family's text encoder pads it
+    # Bytes autograd keeps for backward, one image, fp32: a denoiser being trained, one frozen with the gradient
+    # going to its input (a score network in the generator update), each with gradient checkpointing; the decoder.
+    act_trained: float
+    act_scored: float
+    act_trained_ckpt: float
+    act_scored_ckpt: float
+    act_decode: float
 
 
+SDPA = torch.nn.functional.scaled_dot_product_attention  # torch's own, kept while fused_attention() replaces it
+
+
+class FusedAttention(torch.autograd.Function):
+    """Attention that keeps for its backward what a fused kernel keeps (flash attention: q, k, v, the output and a
+    log-sum-exp a query), not the attention matrix that the meta device's reference implementation would."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale):
+        with torch.no_grad():
+            out = SDPA(q, k, v, attn_mask=mask, scale=scale)
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("FusedAttention only counts activations")
+
+
+@contextmanager
+def fused_attention():
+    """diffusers' attention processors call F.scaled_dot_product_attention by name: point it at FusedAttention."""
+    functional = torch.nn.functional
+    functional.scaled_dot_product_attention = \
+        lambda q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_: \
+        FusedAttention.apply(q, k, v, attn_mask, scale)
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = SDPA
+
+
+def saved_bytes(run, module) -> float:
+    """Peak bytes of activations that `run()` leaves for backward (module's own weights not counted)."""
+    with fused_attention(), SavedActivations(module) as saved:
+        run()
+    return saved.peak
+
+
+@functools.cache  # the same architecture at the same size counts the same
 def count(family: str, side: int) -> Counted:
     from diffusers import AutoencoderKL
     from torch.utils.flop_counter import FlopCounterMode
@@ -89,14 +146,19 @@ def count(family: str, side: int) -> Counted:
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2)
         x, t, text = torch.empty(1, 4, latent, latent), torch.empty(1), torch.empty(1, tokens, width)
-    with FlopCounterMode(display=False) as counter:
+        pooled, time_ids = torch.empty(1, 1280), torch.empty(1, 6)
+
+    def denoise(x):
         if family == "pixart_alpha":
-            net(x, encoder_hidden_states=text, timestep=t, added_cond_kwargs={"resolution": None, "aspect_ratio": None})
-        elif family == "sdxl":
-            net(x, t, encoder_hidden_states=text, added_cond_kwargs={
-                "text_embeds": torch.empty(1, 1280, device="meta"), "time_ids": torch.empty(1, 6, device="meta")})
-        else:
-            net(x, t, encoder_hidden_states=text)
+            return net(x, encoder_hidden_states=text, timestep=t,
+                       added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+        if family == "sdxl":
+            return net(x, t, encoder_hidden_states=text,
+                       added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        return net(x, t, encoder_hidden_states=text).sample
+
+    with FlopCounterMode(display=False) as counter:
+        denoise(x)
     denoiser = counter.get_total_flops()
     with FlopCounterMode(display=False) as counter:
         vae.decode(x)
@@ -106,7 +168,17 @@ def count(family: str, side: int) -> Counted:
 
     adapted = trainable_copy(net, lora_rank=1)
     lora = sum(p.numel() for name, p in adapted.named_parameters() if "lora_" in name)
-    return Counted(params, sum(p.numel() for p in vae.parameters()), denoiser, decode, lora, tokens)
+    vae.requires_grad_(False)
+    x_grad = x.clone().requires_grad_(True)
+    act = {}
+    for ckpt in (False, True):
+        if ckpt:
+            net.enable_gradient_checkpointing()
+        act["trained", ckpt] = saved_bytes(lambda: denoise(x), net.requires_grad_(True))
+        act["scored", ckpt] = saved_bytes(lambda: denoise(x_grad), net.requires_grad_(False))
+    return Counted(params, sum(p.numel() for p in vae.parameters()), denoiser, decode, lora, tokens,
+                   act["trained", False], act["scored", False], act["trained", True], act["scored", True],
+                   saved_bytes(lambda: vae.decode(x_grad), vae))
 
 
 def reward_flops(reward: str) -> tuple[float, float]:
@@ -142,13 +214,26 @@ def estimate(cfg) -> dict:
     memory = (trained(cfg.backend.lora_gen) + ema + trained(cfg.backend.lora_fake)
               + 4 * counted.denoiser_params  # the frozen reference
               + 4 * (counted.vae_params + TEXT_ENCODERS[family] + reward_params)) / 1e9
+    scale = BF16_ACTIVATIONS if cfg.train.precision in ("bf16", "auto") else 1.0  # auto is bf16 on a GPU
+    ckpt = cfg.backend.grad_ckpt
+    an_image = scale * ((counted.act_trained_ckpt if ckpt else counted.act_trained)
+                        + scores * (counted.act_scored_ckpt if ckpt else counted.act_scored))
+    decoder = scale * counted.act_decode
+    group = min(cfg.backend.decode_batch, cfg.train.batch_size)
+    if group:  # one group of decoded images at a time, whatever the batch
+        group_bytes = group * decoder
+    else:  # the whole batch decoded at once: the decoder's activations grow with it
+        group_bytes, an_image = 0.0, an_image + decoder
+    batch = {gpu: max(0, min(cfg.train.batch_size, int((gb * 1e9 - memory * 1e9 - group_bytes) // an_image)))
+             for gpu, (_, gb) in GPUS.items()}
     hours = {gpu: total / (peak * 1e12 * MFU) / 3600 for gpu, (peak, _) in GPUS.items()}
     return {"family": family, "side": side, "denoiser_params": counted.denoiser_params,
             "denoiser_tflops": d / 1e12, "vae_decode_tflops": v / 1e12, "reward_tflops": reward / 1e12,
             "text_tflops": text / 1e12,
             "step_tflops_per_image": per_image / 1e12, "images": images, "total_pflops": total / 1e15,
-            "memory_gb": memory, "gpu_hours": hours, "mfu": MFU,
-            "fits": {gpu: memory <= gb for gpu, (_, gb) in GPUS.items()}}
+            "memory_gb": memory, "activations_gb_per_image": an_image / 1e9, "decoder_group_gb": group_bytes / 1e9,
+            "gpu_hours": hours, "mfu": MFU, "batch_per_gpu": batch,
+            "fits": {gpu: size > 0 for gpu, size in batch.items()}}
 
 
 def report(cfg) -> str:
@@ -164,9 +249,14 @@ def report(cfg) -> str:
         f"{e['text_tflops']:.2f}",
         f"  a training step: {e['step_tflops_per_image']:.1f} TFLOP an image x {e['images']:,} images "
         f"= {e['total_pflops']:,.0f} PFLOP",
-        f"  memory a GPU (weights, gradients, Adam, EMA; activations not included): {e['memory_gb']:.0f} GB",
+        f"  memory a GPU: weights, gradients, Adam and EMA {e['memory_gb']:.0f} GB; activations "
+        f"{e['activations_gb_per_image']:.1f} GB an image"
+        + (f" and {e['decoder_group_gb']:.1f} GB for the decoder's group of images" if e["decoder_group_gb"] else ""),
     ]
+    remedies = "LoRA or FSDP" if cfg.backend.grad_ckpt else "LoRA, FSDP or backend.grad_ckpt=true"
     for gpu, hours in e["gpu_hours"].items():
-        fits = "" if e["fits"][gpu] else f"  (does not fit in {GPUS[gpu][1]} GB: use LoRA or FSDP)"
+        size = e["batch_per_gpu"][gpu]
+        fits = f"; a per-GPU batch of up to {size}" if size else \
+            f"  (does not fit in {GPUS[gpu][1]} GB: use {remedies})"
         lines.append(f"  {gpu:<10} {hours:>10,.1f} GPU-hours{fits}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ computed from counted FLOPs by the stated formula."""
 import re
 
 import pytest
+import torch
 
 from bench.cli import main
 from bench.config import PRESET_DIR, build_config
@@ -75,6 +76,56 @@ def test_the_step_cost_follows_its_formula_and_the_hours_the_stated_utilisation(
         assert one["gpu_hours"][gpu] == pytest.approx(one["total_pflops"] * 1e15 / (peak * 1e12 * one["mfu"]) / 3600)
     lora = estimate(build_config([*base, "backend.lora_gen=16", "backend.lora_fake=16"]))
     assert lora["memory_gb"] < one["memory_gb"] / 2  # Adam state of adapters only
+
+
+def test_activations_counted_on_the_meta_device_are_those_a_real_backward_keeps():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from bench.activations import SavedActivations
+    from bench.estimate import saved_bytes
+
+    def build():  # 1024 latent pixels at the top: an attention matrix would outweigh everything else
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=32, in_channels=4,
+                                    out_channels=4, cross_attention_dim=8, norm_num_groups=4,
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2)
+        vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                            up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4)
+        return unet, vae, torch.randn(1, 4, 32, 32, requires_grad=True), torch.randn(1, 7, 8)
+
+    def counts(unet, vae, x, text):
+        return [saved_bytes(lambda: unet(x, torch.tensor([500]), encoder_hidden_states=text).sample, unet),
+                saved_bytes(lambda: vae.decode(x).sample, vae.requires_grad_(False))]
+
+    unet, vae, x, text = build()
+    real = []
+    for module, run in [(unet, lambda: unet(x, torch.tensor([500]), encoder_hidden_states=text).sample),
+                        (vae, lambda: vae.decode(x).sample)]:
+        with SavedActivations(module) as saved:  # torch's own attention kernel, on real tensors
+            run()
+        real.append(saved.peak)
+    with torch.device("meta"):
+        counted = counts(*build())
+    assert counted == pytest.approx(real, rel=0.05)
+
+
+def test_activations_set_the_batch_a_gpu_holds_and_one_decoded_image_at_a_time_holds_more():
+    base = ["preset=di_star_sd15", "train.batch_size=64"]
+    grouped = estimate(build_config(base))
+    whole = estimate(build_config([*base, "backend.decode_batch=0"]))
+    fp32 = estimate(build_config([*base, "train.precision=fp32"]))
+    decoder = count("sd15", 512).act_decode / 1e9
+    assert grouped["decoder_group_gb"] == pytest.approx(decoder / 2)  # one bf16 image's decoder activations
+    assert whole["activations_gb_per_image"] == pytest.approx(grouped["activations_gb_per_image"] + decoder / 2)
+    assert fp32["activations_gb_per_image"] == pytest.approx(2 * grouped["activations_gb_per_image"])
+    for gpu, (_, gb) in GPUS.items():
+        size = grouped["batch_per_gpu"][gpu]
+        used = grouped["memory_gb"] + grouped["decoder_group_gb"] + size * grouped["activations_gb_per_image"]
+        assert used <= gb < used + grouped["activations_gb_per_image"]  # the largest batch that fits
+        assert whole["batch_per_gpu"][gpu] <= size
+    assert whole["batch_per_gpu"]["H100 SXM"] < grouped["batch_per_gpu"]["H100 SXM"]
+    assert 2 < grouped["activations_gb_per_image"] < 5  # SD1.5 at 512 px in bf16: measured 0.8 GB a UNet
 
 
 def test_dry_run_prints_the_configuration_and_costs_and_touches_nothing(tmp_path, capsys, hub_unreachable):
