@@ -113,7 +113,9 @@ def test_without_network_a_hub_reward_is_refused_within_seconds(results):
     started = time.perf_counter()
     proc = bench("run", "reward=hpsv2", results=results,
                  env={"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(results / "hf")})
-    assert time.perf_counter() - started < 5
+    # 3 s alone on a 2-core machine, mostly importing torch; the bound leaves room for a loaded machine and still
+    # fails the minute of retries.
+    assert time.perf_counter() - started < 20
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "not in the Hugging Face cache" in proc.stderr and "huggingface-cli download xswu/HPSv2" in proc.stderr
 
