@@ -84,33 +84,30 @@ def test_activations_counted_on_the_meta_device_are_those_a_real_backward_keeps(
     from bench.activations import SavedActivations
     from bench.estimate import saved_bytes
 
-    def build():  # 1024 latent pixels at the top: an attention matrix would outweigh everything else
+    def peaks(counter):  # 1024 latent pixels at the top: an attention matrix would outweigh everything else
         torch.manual_seed(0)
         unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=32, in_channels=4,
                                     out_channels=4, cross_attention_dim=8, norm_num_groups=4,
                                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2)
         vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                            up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4)
-        return unet, vae, torch.randn(1, 4, 32, 32, requires_grad=True), torch.randn(1, 7, 8)
+                            up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+                            latent_channels=4).requires_grad_(False)
+        x, text = torch.randn(1, 4, 32, 32, requires_grad=True), torch.randn(1, 7, 8)
+        return [counter(lambda: unet(x, torch.tensor([500]), encoder_hidden_states=text).sample, unet),
+                counter(lambda: vae.decode(x).sample, vae)]
 
-    def counts(unet, vae, x, text):
-        return [saved_bytes(lambda: unet(x, torch.tensor([500]), encoder_hidden_states=text).sample, unet),
-                saved_bytes(lambda: vae.decode(x).sample, vae.requires_grad_(False))]
-
-    unet, vae, x, text = build()
-    real = []
-    for module, run in [(unet, lambda: unet(x, torch.tensor([500]), encoder_hidden_states=text).sample),
-                        (vae, lambda: vae.decode(x).sample)]:
-        with SavedActivations(module) as saved:  # torch's own attention kernel, on real tensors
+    def kept_by_torch(run, module):  # torch's own attention kernel, on real tensors
+        with SavedActivations(module) as saved:
             run()
-        real.append(saved.peak)
+        return saved.peak
+
     with torch.device("meta"):
-        counted = counts(*build())
-    assert counted == pytest.approx(real, rel=0.05)
+        counted = peaks(saved_bytes)
+    assert counted == pytest.approx(peaks(kept_by_torch), rel=0.05)
 
 
-def test_activations_set_the_batch_a_gpu_holds_and_one_decoded_image_at_a_time_holds_more():
+def test_activations_set_the_batch_a_gpu_holds_and_one_decoded_image_at_a_time_holds_more(hub_unreachable):
     base = ["preset=di_star_sd15", "train.batch_size=64"]
     grouped = estimate(build_config(base))
     whole = estimate(build_config([*base, "backend.decode_batch=0"]))
