@@ -27,10 +27,14 @@ PRESET_DIR = Path(__file__).parent / "presets"
 class TrainConfig:
     steps: int = param(1200, "generator updates", ge=1)
     batch_size: int = param(128, "samples per generator and per fake-score update", ge=1)
-    lr_gen: float = param(3e-4, "Adam learning rate of the generator (below lr_fake: the fake score must keep up "
-                          "with the generator it measures)", gt=0)
+    optimizer: str = param("sgd", "generator optimiser: sgd, or adam (the relatives' choice; it turns the noise of "
+                           "a near-zero gradient into steps of size lr_gen, so a generator with nothing to gain "
+                           "drifts: README, Drift)", choices=("sgd", "adam"))
+    lr_gen: float = param(0.03, "learning rate of the generator (for adam on SD-scale networks about 1e-5: the "
+                          "presets)", gt=0)
     lr_fake: float = param(1e-3, "Adam learning rate of the fake-score network", gt=0)
-    beta1: float = param(0.0, "Adam beta1 (0 as in the runnable relatives)", ge=0, lt=1)
+    beta1: float = param(0.0, "Adam beta1 of the fake score, and of the generator with adam (0 as in the runnable "
+                         "relatives)", ge=0, lt=1)
     beta2: float = param(0.999, "Adam beta2", ge=0, lt=1)
     grad_clip: float = param(1.0, "max gradient norm per update (0 disables clipping)", ge=0)
     ema: float = param(0.99, "EMA decay of the generator used for evaluation (0 disables)", ge=0, lt=1)

@@ -133,18 +133,71 @@ def test_exact_kl_by_change_of_variables_is_the_closed_form_on_a_gaussian_genera
 
     from gaussian_case import kl_gaussians
 
-    dim = 6
-    gen = torch.Generator().manual_seed(0)
-    reference = GaussianMixture(torch.randn(1, 1, dim, generator=gen, dtype=torch.float64),
-                                torch.zeros(1, 1, dtype=torch.float64), 0.7**2)
-    a = torch.tril(0.3 * torch.randn(dim, dim, generator=gen, dtype=torch.float64)) + 0.9 * torch.eye(dim)
-    mu = reference.means[0, 0] + 0.4 * torch.randn(dim, generator=gen, dtype=torch.float64)
+    reference, mu, a, _, gen = gaussian_world()
+    dim = len(mu)
     z = torch.randn(20_000, dim, generator=gen, dtype=torch.float64)
     samples = log_density_ratio(LinearGenerator(mu, a), reference, z, caption=0)
     exact = kl_gaussians(mu, a @ a.T, reference.means[0, 0], reference.var * torch.eye(dim, dtype=torch.float64))
     assert float(samples.mean()) == pytest.approx(float(exact), abs=4 * float(samples.std()) / 20_000**0.5)
     assert float(exact) > 0.5
 
+
+
+def gaussian_world(dim: int = 6):
+    """A one-component reference N(m, 0.7^2 I), a Gaussian generator N(mu, A A^T) and a quadratic reward
+    -0.3 |x|^2 + b . x: p* is Gaussian too, so every KL here is closed form."""
+    gen = torch.Generator().manual_seed(0)
+    reference = GaussianMixture(torch.randn(1, 1, dim, generator=gen, dtype=torch.float64),
+                                torch.zeros(1, 1, dtype=torch.float64), 0.7**2)
+    a = torch.tril(0.3 * torch.randn(dim, dim, generator=gen, dtype=torch.float64)) + 0.9 * torch.eye(dim)
+    mu = reference.means[0, 0] + 0.4 * torch.randn(dim, generator=gen, dtype=torch.float64)
+    slope = torch.randn(dim, generator=gen, dtype=torch.float64)
+    return reference, mu, a, (0.3, slope), gen
+
+
+def test_kl_to_the_optimum_is_kl_ref_less_the_reward_plus_log_z_in_closed_form():
+    """KL(q || p*) = KL(q || p_ref) - alpha E_q[r] + log Z, every term exact on Gaussians: checks log Z (its
+    precision term and sign) and p*'s law together, for two temperatures."""
+    from gaussian_case import kl_gaussians
+
+    reference, mu, a, (curvature, slope), _ = gaussian_world()
+    eye = torch.eye(len(mu), dtype=torch.float64)
+    cov = a @ a.T
+    kl_ref = kl_gaussians(mu, cov, reference.means[0, 0], reference.var * eye)
+    mean_reward = -curvature * (mu @ mu + torch.trace(cov)) + slope @ mu
+    for alpha in (0.5, 3.0):
+        optimum = reference.tilt(curvature, slope, alpha)
+        exact = kl_gaussians(mu, cov, optimum.means[0, 0], optimum.var * eye)
+        log_z = reference.log_normaliser(curvature, slope, alpha)[0]
+        assert float(kl_ref - alpha * mean_reward + log_z) == pytest.approx(float(exact), rel=1e-9)
+        assert float(exact) > 0.5
+
+
+def test_kl_to_the_optimum_by_change_of_variables_is_the_closed_form():
+    from bench.analytic.metrics import generator_log_density, log_prob_clean
+
+    from gaussian_case import kl_gaussians
+
+    reference, mu, a, (curvature, slope), gen = gaussian_world()
+    optimum = reference.tilt(curvature, slope, 2.0)
+    z = torch.randn(20_000, len(mu), generator=gen, dtype=torch.float64)
+    x, log_p = generator_log_density(LinearGenerator(mu, a), z, caption=0)
+    samples = log_p - log_prob_clean(optimum, x, 0)
+    eye = torch.eye(len(mu), dtype=torch.float64)
+    exact = kl_gaussians(mu, a @ a.T, optimum.means[0, 0], optimum.var * eye)
+    assert float(samples.mean()) == pytest.approx(float(exact), abs=4 * float(samples.std()) / 20_000**0.5)
+
+
+def test_log_normaliser_of_a_mixture_is_the_monte_carlo_mean_of_the_tilt():
+    gen = torch.Generator().manual_seed(1)
+    mixture = GaussianMixture(0.5 * torch.randn(2, 3, 4, generator=gen, dtype=torch.float64),
+                              torch.log_softmax(torch.randn(2, 3, generator=gen, dtype=torch.float64), 1), 0.3**2)
+    curvature, slope, alpha = 0.4, torch.randn(4, generator=gen, dtype=torch.float64), 1.5
+    exact = mixture.log_normaliser(curvature, slope, alpha)
+    for caption in range(2):
+        x = mixture.sample(torch.full((400_000,), caption), gen)
+        tilt = alpha * (-curvature * x.pow(2).sum(1) + x @ slope)
+        assert float(torch.logsumexp(tilt, 0) - math.log(len(x))) == pytest.approx(float(exact[caption]), abs=0.01)
 
 
 class FoldingGenerator(torch.nn.Module):

@@ -6,9 +6,11 @@ statistics resolve differences far below what a run's own periodic evaluation (a
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from bench.analytic.metrics import frechet_distance, sample_moments
+from bench.analytic.metrics import frechet_distance, generator_log_density, log_prob_clean, sample_moments
 from bench.analytic.mixture import GaussianMixture
 from bench.config import build_config
 from bench.train.trainer import Trainer
@@ -59,3 +61,18 @@ def law_stats(x: torch.Tensor, cond: torch.Tensor, target: GaussianMixture, rewa
         "tv": float(0.5 * (sampled - weights).abs().sum(1).max()),
         "coverage": float(covered.float().mean()),
     }
+
+
+def exact_kls(trainer: Trainer, per_caption: int = 32, ema: bool = True, seed: int = 3) -> dict[str, float]:
+    """KL(p_theta || p_ref) and, where the world has p*, KL(p_theta || p*) in nats, exact densities, caption average."""
+    backend = trainer.backend
+    laws = {"kl_ref": backend.reference, **({"kl_star": backend.optimum} if backend.optimum is not None else {})}
+    z = torch.randn(per_caption, *backend.shape, generator=torch.Generator().manual_seed(seed))
+    generator = trainer.unwrapped(trainer.generator)
+    totals = dict.fromkeys(laws, 0.0)
+    with trainer.ema.applied(generator) if ema else contextlib.nullcontext(generator) as model:
+        for caption in range(len(backend.captions)):
+            x, log_p = generator_log_density(model, z, caption)
+            for key, law in laws.items():
+                totals[key] += float((log_p - log_prob_clean(law, x, caption)).nanmean())
+    return {key: total / len(backend.captions) for key, total in totals.items()}

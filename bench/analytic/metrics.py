@@ -51,13 +51,13 @@ def mmd2(x: Tensor, y: Tensor, bandwidth2: float) -> float:
     )
 
 
-def log_density_ratio(generator, reference: GaussianMixture, z: Tensor, caption: int) -> Tensor:
-    """log p_theta(x | c) - log p_ref(x | c) at x = g(z, c), per sample: an unbiased sample of KL(p_theta || p_ref).
+def generator_log_density(generator, z: Tensor, caption: int) -> tuple[Tensor, Tensor]:
+    """Samples x = g(z, c) and their exact log-density log p_theta(x | c), by change of variables.
 
-    The generator's density by change of variables, log N(z; 0, I) - log |det dg/dz|, is exact when g is one
-    to one, as the reference's probability-flow map and small corrections of it are (a fold would show as a
-    Jacobian determinant of either sign). Samples where it folds (determinant <= 0) give NaN: there the density
-    sums over several preimages, and no number would be honest.
+    log p_theta(x) = log N(z; 0, I) - log |det dg/dz| is exact when g is one to one, as the reference's
+    probability-flow map and small corrections of it are (a fold would show as a Jacobian determinant of either
+    sign). Samples where it folds (determinant <= 0) give NaN: there the density sums over several preimages, and
+    no number would be honest.
     """
     shape = z.shape[1:]
     cond = torch.full((1,), caption)
@@ -71,10 +71,21 @@ def log_density_ratio(generator, reference: GaussianMixture, z: Tensor, caption:
     log_det = torch.where(sign > 0, log_det, torch.nan)
     with torch.no_grad():
         x = generator(z, cond.expand(len(z)))
-        zero = torch.zeros(len(z))
-        log_ref = reference.log_prob(x, zero + 1, zero, cond.expand(len(z)))
     log_noise = -0.5 * flat.pow(2).sum(1) - 0.5 * flat.shape[1] * math.log(2 * math.pi)
-    return (log_noise - log_det - log_ref).detach()
+    return x, (log_noise - log_det).detach()
+
+
+def log_prob_clean(law: GaussianMixture, x: Tensor, caption: int) -> Tensor:
+    """log law(x | c) of clean samples (t = 0)."""
+    zero = torch.zeros(len(x), dtype=x.dtype)
+    return law.log_prob(x, zero + 1, zero, torch.full((len(x),), caption))
+
+
+def log_density_ratio(generator, reference: GaussianMixture, z: Tensor, caption: int) -> Tensor:
+    """log p_theta(x | c) - log p_ref(x | c) at x = g(z, c), per sample: an unbiased sample of KL(p_theta || p_ref)
+    (NaN where the generator folds, see generator_log_density)."""
+    x, log_p = generator_log_density(generator, z, caption)
+    return log_p - log_prob_clean(reference, x, caption)
 
 
 def world_metrics(

@@ -83,6 +83,22 @@ class GaussianMixture:
         cov = centred.T @ (w[:, None] * centred) + self.var * torch.eye(self.dim)
         return mean, cov
 
+    def log_normaliser(self, curvature: float, slope: Tensor, alpha_rew: float) -> Tensor:
+        """log E_p[exp(alpha_rew (-curvature |x|^2 + slope . x))] per caption: the log Z of p* in closed form.
+
+        A component contributes (var P)^(-D/2) exp(P |m|^2 / 2 - |mu|^2 / (2 var)), P and m its tilted precision and
+        mean (see tilt); a constant term of the reward adds alpha_rew times itself.
+        """
+        precision = 1 / self.var + 2 * alpha_rew * curvature
+        means = (self.means / self.var + alpha_rew * slope) / precision
+        gain = 0.5 * precision * means.pow(2).sum(-1) - self.means.pow(2).sum(-1) / (2 * self.var)
+        return torch.logsumexp(self.log_weights + gain, -1) - 0.5 * self.dim * math.log(self.var * precision)
+
+    def data_std(self) -> float:
+        """The clean law's standard deviation per pixel, averaged over captions: EDM's sigma_data."""
+        captions = self.means.shape[0]
+        return math.sqrt(sum(float(torch.trace(self.moments(c)[1])) for c in range(captions)) / (captions * self.dim))
+
     def tilt(self, curvature: float, slope: Tensor, alpha_rew: float) -> GaussianMixture:
         """The KL-optimal aligned law p* ~ p exp(alpha_rew r) for r(x) = -curvature |x|^2 + slope . x.
 

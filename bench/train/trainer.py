@@ -108,6 +108,16 @@ def trainable(module: torch.nn.Module):
     return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
 
 
+def generator_optimiser(params: list, train) -> torch.optim.Optimizer:
+    """SGD by default. Adam divides each coordinate by its gradient's RMS, so where the regulariser's gradient is
+    nothing but the fake score's noise (a generator at the reference, or in directions the fake cannot resolve)
+    it still steps lr in every coordinate: a random walk that no restoring force the fake can see holds back
+    (README, Drift). SGD's steps shrink with the gradient; clipping bounds them by lr_gen * grad_clip."""
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr_gen)
+    return torch.optim.Adam(params, lr=train.lr_gen, betas=(train.beta1, train.beta2))
+
+
 def thread_count(cfg: RunConfig) -> int:
     """torch's CPU threads for this run: sized to the work and to the processes sharing the machine.
 
@@ -165,7 +175,7 @@ class Trainer:
         self.start = self.start_run() if cfg.init else None  # checked now: a bad init= creates no run
         self.ema = EMA(generator, cfg.train.ema)
         betas = (cfg.train.beta1, cfg.train.beta2)
-        opt_gen = torch.optim.Adam([p for _, p in trainable(generator)], lr=cfg.train.lr_gen, betas=betas)
+        opt_gen = generator_optimiser([p for _, p in trainable(generator)], cfg.train)
         opt_fake = torch.optim.Adam([p for _, p in trainable(fake)], lr=cfg.train.lr_fake, betas=betas)
         self.generator, self.fake, self.opt_gen, self.opt_fake = accelerator.prepare(generator, fake, opt_gen,
                                                                                      opt_fake)

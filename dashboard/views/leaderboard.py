@@ -9,7 +9,7 @@ from bench.eval import METRIC_LABELS, evaluation_columns
 from dashboard.data import METRICS, load_evals, load_reported, plain, run_link, stamp
 from dashboard.views import frontier
 
-LOWER_IS_BETTER = {"kl_ref", "nll_ref", "fd_ref", "mmd_ref", "fd_star", "mmd_star", "fid"}
+LOWER_IS_BETTER = {"kl_ref", "kl_star", "nll_ref", "fd_ref", "mmd_ref", "fd_star", "mmd_star", "fid"}
 
 
 def aggregate(group: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,164 @@
+"""Drift: does a generator with nothing to gain stay at the reference? Exact KL to the reference, by factor.
+
+    python benchmarks/drift.py ablation [--steps 1500]      # the README's table: one factor changed at a time
+    python benchmarks/drift.py probe                        # the fake score's noise, seen by a frozen generator
+    python benchmarks/drift.py worlds [--steps 5000]        # every method on the default world and the family
+
+Every run is DI++ (or the method named) with alpha_rew 0 and alpha_cfg 1 from the default start, whose law is the
+reference's up to the ODE's error (0.11 nats on the default world); the KL is exact (change of variables, 16
+samples a caption, EMA weights). Runs go two at a time, one thread each. Figures print; nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from bench.analytic.metrics import world_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from world_checks import exact_kls, generated, trainer_for
+
+OLD = ["train.optimizer=adam", "train.lr_gen=3e-4", "UNPRECONDITIONED"]
+# (label, overrides): the fixed trainer first, then the trainer as it was (Adam generator, eps-space correction)
+# and every factor the issue named, each changed alone.
+ABLATION = [
+    ("this trainer (SGD generator, preconditioned fake)", []),
+    ("  generator on Adam (lr 3e-4, the old default)", ["train.optimizer=adam", "train.lr_gen=3e-4"]),
+    ("  fake correction unpreconditioned (eps space)", ["UNPRECONDITIONED"]),
+    ("  fake_steps 4", ["method.fake_steps=4"]),
+    ("  batch 512", ["train.batch_size=512"]),
+    ("  lr_gen 0.1", ["train.lr_gen=0.1"]),
+    ("the old trainer (both)", OLD),
+    ("  lr_gen 3e-5", [*OLD, "train.lr_gen=3e-5"]),
+    ("  lr_fake 1e-4", [*OLD, "train.lr_fake=1e-4"]),
+    ("  fake_steps 4", [*OLD, "method.fake_steps=4"]),
+    ("  batch 512", [*OLD, "train.batch_size=512"]),
+    ("  Adam beta1 0.9", [*OLD, "train.beta1=0.9"]),
+    ("  weighting uniform", [*OLD, "method.weighting=uniform"]),
+    ("  no EMA", [*OLD, "train.ema=0"]),
+    ("old generator (Adam), preconditioned fake", ["train.optimizer=adam", "train.lr_gen=3e-4"]),
+    ("  Adam beta1 0.99 (heavy momentum)", ["train.optimizer=adam", "train.lr_gen=3e-4", "train.beta1=0.99"]),
+]
+# The family of the KL-RLHF test plus the default world: the same settings everywhere, no per-world tuning.
+WORLDS = {
+    "default (8 px, 8 captions, 4 modes, s0 0.1)": "",
+    "2 modes, s0 0.2, 4 px": "seed=0 backend.components=2 backend.s0=0.2 backend.image_size=4 backend.prompts=3",
+    "3 modes, s0 0.08, 5 px": "seed=1 backend.components=3 backend.s0=0.08 backend.image_size=5 backend.prompts=3",
+    "4 skewed modes, s0 0.15, 6 px": "seed=2 backend.components=4 backend.skew=1 backend.s0=0.15 "
+                                     "backend.image_size=6 backend.prompts=2",
+    "3 skewed modes, s0 0.12, 4 px": "seed=3 backend.components=3 backend.skew=1.5 backend.s0=0.12 "
+                                     "backend.image_size=4 backend.prompts=3",
+    "2 modes, s0 0.2, 8 px": "seed=4 backend.components=2 backend.s0=0.2 backend.image_size=8 backend.prompts=2",
+    "4 modes, s0 0.18, 8 px": "seed=5 backend.components=4 backend.s0=0.18 backend.image_size=8 backend.prompts=2",
+}
+
+
+def build(args: list[str]):
+    trainer = trainer_for(["threads=1", "method.alpha_rew=0", *[a for a in args if a != "UNPRECONDITIONED"]])
+    if "UNPRECONDITIONED" in args:
+        # data_std -> infinity makes the preconditioning factor 1: the correction in plain eps space.
+        trainer.unwrapped(trainer.fake).data_std = 1e12
+    return trainer
+
+
+def drift(args: list[str], steps: int) -> dict:
+    trainer = build(args)
+    start = exact_kls(trainer, per_caption=16, ema=False)
+    began = time.perf_counter()
+    for _ in range(steps):
+        trainer.step_once()
+    seconds = time.perf_counter() - began
+    end = exact_kls(trainer, per_caption=16)
+    x, cond = generated(trainer, 256)
+    backend = trainer.backend
+    metrics, _ = world_metrics(x, cond, backend.reference, backend.reward, backend.optimum, torch.Generator())
+    return {"start": start, "end": end, "precision": metrics["precision"], "coverage": metrics["coverage"],
+            "reward": metrics["reward"], "seconds": seconds}
+
+
+def run_all(jobs: list[tuple[str, list[str]]], steps: int) -> list[tuple[str, dict]]:
+    with ProcessPoolExecutor(2) as pool:
+        results = pool.map(drift, [args for _, args in jobs], [steps] * len(jobs))
+        return list(zip([label for label, _ in jobs], results, strict=True))
+
+
+def ablation(steps: int) -> None:
+    print(f"DI++, alpha_rew 0, default world, {steps} steps: exact KL to the reference (nats)\n")
+    print("| factor | KL start | KL end | precision | coverage |\n|---|---|---|---|---|")
+    for label, r in run_all(ABLATION, steps):
+        print(f"| {label} | {r['start']['kl_ref']:.2f} | {r['end']['kl_ref']:.2f} | {r['precision']:.3f} | "
+              f"{r['coverage']:.2f} |", flush=True)
+
+
+def worlds(steps: int, methods: list[str]) -> None:
+    jobs = [(f"{world} | {method}", [f"method={method}", *args.split()])
+            for world, args in WORLDS.items() for method in methods]
+    print(f"alpha_rew 0, alpha_cfg 1, {steps} steps, default settings: exact KL to the reference (nats)\n")
+    print("| world | method | KL start | KL end | end - start | precision | coverage |\n|---|---|---|---|---|---|---|")
+    for label, r in run_all(jobs, steps):
+        start, end = r["start"]["kl_ref"], r["end"]["kl_ref"]
+        print(f"| {label} | {start:.2f} | {end:.2f} | {end - start:+.2f} | {r['precision']:.3f} | "
+              f"{r['coverage']:.2f} |", flush=True)
+
+
+def probe(steps: int = 600, fake_updates: int = 400) -> None:
+    """The generator gradient the fake score induces, with the generator frozen: at the start (whose law is the
+    reference's) and after `steps` of drift. A fake that resolves the generator's deviation gives a gradient of
+    a consistent direction that grows with the deviation; one that does not gives noise of the same size at both.
+    """
+    for label, args in (("old trainer", OLD), ("this trainer", [])):
+        trainer = build(args)
+        for phase in ("start", "drifted"):
+            if phase == "drifted":
+                for _ in range(steps):
+                    trainer.step_once()
+            kl = exact_kls(trainer, per_caption=16, ema=False)["kl_ref"]
+            gradients = []
+            for update in range(fake_updates):
+                trainer.counters.step = 100_000 + update
+                trainer.fake_update()
+                if (update + 1) % 100 == 0:
+                    gradients.append(induced_gradient(trainer))
+            norms = [float(g.norm()) for g in gradients]
+            cosines = [float(torch.nn.functional.cosine_similarity(a, b, 0)) for a, b in
+                       itertools.pairwise(gradients)]
+            print(f"{label:>13}, generator at its {phase:<7} (KL {kl:5.2f}): |gradient| {sum(norms) / len(norms):.3f}, "
+                  f"cosine between fake states 100 updates apart {sum(cosines) / len(cosines):+.2f}", flush=True)
+
+
+def induced_gradient(trainer, n: int = 2048) -> torch.Tensor:
+    """The regulariser's gradient in the generator's parameters on one large batch (fixed seed)."""
+    rng = torch.Generator().manual_seed(10_000)
+    backend = trainer.backend
+    z, cond = backend.sample_inputs(n, rng)
+    t = trainer.method.sample_t(n, rng)
+    eps = torch.randn(z.shape, generator=rng)
+    params = [p for p in trainer.generator.parameters() if p.requires_grad]
+    batch = trainer.generator_batch(trainer.generator(z, cond), t, eps, cond)
+    grads = torch.autograd.grad(trainer.method.regulariser(batch).mean(), params)
+    return torch.cat([g.flatten() for g in grads])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=("ablation", "probe", "worlds"))
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--methods", default="di_pp,di_star,kl_rlhf")
+    args = parser.parse_args()
+    if args.what == "ablation":
+        ablation(args.steps or 1500)
+    elif args.what == "worlds":
+        worlds(args.steps or 5000, args.methods.split(","))
+    else:
+        probe(args.steps or 600)
+
+
+if __name__ == "__main__":
+    main()
