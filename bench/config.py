@@ -36,7 +36,8 @@ class TrainConfig:
     beta1: float = param(0.0, "Adam beta1 of the fake score, and of the generator with adam (0 as in the runnable "
                          "relatives)", ge=0, lt=1)
     beta2: float = param(0.999, "Adam beta2", ge=0, lt=1)
-    grad_clip: float = param(1.0, "max gradient norm per update (0 disables clipping)", ge=0)
+    grad_clip: float = param(3.0, "max gradient norm per update (0 disables clipping); with SGD it bounds a step by "
+                             "lr_gen * grad_clip", ge=0)
     ema: float = param(0.99, "EMA decay of the generator used for evaluation (0 disables)", ge=0, lt=1)
     log_every: int = param(10, "steps between training log lines", ge=1)
     eval_every: int = param(400, "steps between evaluations on the fixed seed set (0: only at start and end)",

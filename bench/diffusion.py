@@ -8,6 +8,7 @@ one. Papers that write s_c + w' (s_c - s_u) (DI*, DI++) mean w = w' + 1.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -39,32 +40,38 @@ class VPSchedule:
         return (-b + math.sqrt(b * b - 4 * a * log_alpha)) / (2 * a)
 
 
-def probability_flow(denoise: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor, schedule: VPSchedule,
+def probability_flow(denoise: Callable[[Tensor, float, float], Tensor], noise: Tensor, schedule: VPSchedule,
                      steps: int, t_max: float = 1.0, t_min: float = 1e-3) -> Tensor:
     """x0 from unit noise along the probability-flow ODE of `denoise(x, alpha, sigma)`: DPM-Solver++ (2M).
 
     Steps are uniform in log-SNR; the multistep correction makes it second order at one denoiser call a step,
     and the last call returns the denoiser's x0 at t_min. For an exact denoiser this is the reference's own
-    sampler, a deterministic map from noise to data: what a distilled one-step model tries to be.
+    sampler, a deterministic map from noise to data: what a distilled one-step model tries to be. Every sample
+    shares the time, so `denoise` is given alpha and sigma as numbers.
     """
-    def at(t: float) -> tuple[Tensor, Tensor]:
-        alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=noise.dtype))
-        return alpha.expand(len(noise)), sigma.expand(len(noise))
-
-    log_snr = [math.log(float(a[0] / s[0])) for a, s in (at(t_max), at(t_min))]
-    times = [schedule.time_of_log_snr(log_snr[0] + (log_snr[1] - log_snr[0]) * i / steps) for i in range(steps + 1)]
+    grid = solver_grid(schedule, steps, t_max, t_min)
     x, previous = noise, None
-    for t, t_next in itertools.pairwise(times):
-        (alpha, sigma), (alpha_next, sigma_next) = at(t), at(t_next)
+    for (alpha, sigma, log_snr), (alpha_next, sigma_next, log_snr_next) in itertools.pairwise(grid):
         x0 = denoise(x, alpha, sigma)
-        h = float(torch.log(alpha_next[0] / sigma_next[0]) - torch.log(alpha[0] / sigma[0]))
+        h = log_snr_next - log_snr
         guess = x0
         if previous is not None:
             ratio = previous[1] / h
             guess = (1 + 1 / (2 * ratio)) * x0 - previous[0] / (2 * ratio)
-        x = broadcast(sigma_next / sigma, x) * x + broadcast(alpha_next * -math.expm1(-h), x) * guess
+        x = (sigma_next / sigma) * x + (alpha_next * -math.expm1(-h)) * guess
         previous = (x0, h)
-    return denoise(x, *at(times[-1]))
+    return denoise(x, *grid[-1][:2])
+
+
+@functools.lru_cache(maxsize=16)
+def solver_grid(schedule: VPSchedule, steps: int, t_max: float, t_min: float) -> tuple[tuple[float, float, float], ...]:
+    """(alpha, sigma, log-SNR) at the solver's times, uniform in log-SNR: computed once, not at every call."""
+    def at(t: float) -> tuple[float, float, float]:
+        alpha, sigma = (float(v) for v in schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)))
+        return alpha, sigma, math.log(alpha / sigma)
+
+    first, last = at(t_max)[2], at(t_min)[2]
+    return tuple(at(schedule.time_of_log_snr(first + (last - first) * i / steps)) for i in range(steps + 1))
 
 
 class DiscreteSchedule:

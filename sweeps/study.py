@@ -292,7 +292,8 @@ def run_trial(study, trial, space: SearchSpace, run_args: list[str], store: Stor
 
     def report(step: int, metrics: dict):
         # Intermediate evaluations only: the final one is the objective, and a finished trial is not pruned.
-        if single and 0 < step < cfg.train.steps:
+        # An exact KL is computed at the first and last evaluation only: nothing to prune on in between.
+        if single and 0 < step < cfg.train.steps and metric in metrics:
             trial.report(metrics[metric], step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step}: {metric} {metrics[metric]:.4g}")

@@ -184,8 +184,8 @@ def test_sweeps_page_lists_trials_and_maps_the_objective(app):
     trials = at.dataframe[0].value
     assert len(trials) == 3 and set(trials["state"]) == {"complete"}
     headings = " ".join(str(s.value) for s in at.subheader)
-    assert f"{plain('mmd_star')} over alpha_rew and alpha_cfg" in headings
-    assert plain("Parameter importance for mmd_star") in headings
+    assert f"{plain('kl_star')} over alpha_rew and alpha_cfg" in headings
+    assert plain("Parameter importance for kl_star") in headings
     assert [e.type for e in at.main].count("vega_lite_chart") >= 3  # points, filled map, importance bars
 
 

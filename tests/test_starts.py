@@ -54,7 +54,7 @@ def test_init_refuses_what_it_cannot_start_from(results, capsys, args, message):
 def drift(method: str, *args: str, steps: int = 400) -> tuple[float, float, dict]:
     """Exact KL to the reference at the start and after `steps` updates with nothing to gain (alpha_rew 0,
     alpha_cfg 1), and the end's sample metrics."""
-    trainer = trainer_for([f"method={method}", "method.alpha_rew=0", "backend.image_size=4", "backend.prompts=2",
+    trainer = trainer_for([f"method={method}", "method.alpha_rew=0", "backend.image_size=8", "backend.prompts=2",
                            *args])
     start = exact_kls(trainer, ema=False)["kl_ref"]
     train(trainer, steps)

@@ -82,22 +82,17 @@ class Generator(nn.Module):
                  hidden: int):
         super().__init__()
         self.reference, self.schedule, self.init = reference, schedule, init
-        alpha, sigma = schedule.alpha_sigma(torch.tensor([t_init]))
-        self.register_buffer("alpha", alpha)
-        self.register_buffer("sigma", sigma)
+        self.t_init_alpha, self.t_init_sigma = (float(v) for v in schedule.alpha_sigma(torch.tensor(t_init)))
         dim = math.prod(shape)
         self.residual = ResidualMLP(dim, dim, reference.means.shape[0], hidden, timed=False)
 
     def base(self, z: Tensor, cond: Tensor) -> Tensor:
         """Frozen: it has no parameters, so gradients through it arise only where z asks for them (the exact
         density of the generator differentiates the whole map)."""
-        def denoise(x, alpha, sigma):
-            return self.reference.denoise(x, alpha, sigma, cond)
-
+        denoise = self.reference.denoiser(cond)
         if self.init == "ode":
             return probability_flow(denoise, z, self.schedule, ODE_STEPS)
-        ones = torch.ones(len(z), device=z.device)
-        return denoise(z, self.alpha * ones, self.sigma * ones)
+        return denoise(z, self.t_init_alpha, self.t_init_sigma)
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
         return self.base(z, cond) + self.residual(z.flatten(1), cond).reshape(z.shape)
