@@ -3,6 +3,7 @@
     python benchmarks/drift.py ablation [--steps 1500]      # the README's table: one factor changed at a time
     python benchmarks/drift.py probe                        # the fake score's noise, seen by a frozen generator
     python benchmarks/drift.py worlds [--steps 5000]        # every method on the default world and the family
+    python benchmarks/drift.py optimum [--steps 1200]       # KL-RLHF's kl_star, start and end, at alpha_rew 5, 20
 
 Every run is DI++ (or the method named) with alpha_rew 0 and alpha_cfg 1 from the default start, whose law is the
 reference's up to the ODE's error (0.11 nats on the default world); the KL is exact (change of variables, 16
@@ -61,7 +62,9 @@ WORLDS = {
 
 
 def build(args: list[str]):
-    trainer = trainer_for(["threads=1", "method.alpha_rew=0", *[a for a in args if a != "UNPRECONDITIONED"]])
+    # A row changes the old trainer's keys: the later value of a key wins.
+    merged = dict(arg.split("=", 1) for arg in ["threads=1", "method.alpha_rew=0", *args] if "=" in arg)
+    trainer = trainer_for([f"{key}={value}" for key, value in merged.items()])
     if "UNPRECONDITIONED" in args:
         # data_std -> infinity makes the preconditioning factor 1: the correction in plain eps space.
         trainer.unwrapped(trainer.fake).data_std = 1e12
@@ -83,10 +86,11 @@ def drift(args: list[str], steps: int) -> dict:
             "reward": metrics["reward"], "seconds": seconds}
 
 
-def run_all(jobs: list[tuple[str, list[str]]], steps: int) -> list[tuple[str, dict]]:
+def run_all(jobs: list[tuple[str, list[str]]], steps: int):
+    """(label, result) in the jobs' order, each as soon as it and those before it are done."""
     with ProcessPoolExecutor(2) as pool:
-        results = pool.map(drift, [args for _, args in jobs], [steps] * len(jobs))
-        return list(zip([label for label, _ in jobs], results, strict=True))
+        yield from zip([label for label, _ in jobs], pool.map(drift, [a for _, a in jobs], [steps] * len(jobs)),
+                       strict=True)
 
 
 def ablation(steps: int) -> None:
@@ -106,6 +110,22 @@ def worlds(steps: int, methods: list[str]) -> None:
         start, end = r["start"]["kl_ref"], r["end"]["kl_ref"]
         print(f"| {label} | {start:.2f} | {end:.2f} | {end - start:+.2f} | {r['precision']:.3f} | "
               f"{r['coverage']:.2f} |", flush=True)
+
+
+def optimum(steps: int) -> None:
+    """KL-RLHF against its own objective: kl_star = KL(p_theta || p*) at the start and the end, on the default
+    world and the worlds of its family test, at alpha_rew 5 and 20."""
+    from test_kl_rlhf_family import WORLDS as FAMILY
+
+    worlds = {"default (linear)": "", **FAMILY}
+    jobs = [(f"{world} | {alpha}", ["method=kl_rlhf", f"method.alpha_rew={alpha}", *args.split()])
+            for world, args in worlds.items() for alpha in (5, 20)]
+    print(f"KL-RLHF, {steps} steps, default settings: exact KL(p_theta || p*) in nats\n")
+    print("| world | alpha_rew | kl_star start | kl_star end | end / start | KL to reference end |\n"
+          "|---|---|---|---|---|---|")
+    for label, r in run_all(jobs, steps):
+        start, end = r["start"]["kl_star"], r["end"]["kl_star"]
+        print(f"| {label} | {start:.2f} | {end:.2f} | {end / start:.2f} | {r['end']['kl_ref']:.2f} |", flush=True)
 
 
 def probe(steps: int = 600, fake_updates: int = 400) -> None:
@@ -148,7 +168,7 @@ def induced_gradient(trainer, n: int = 2048) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("ablation", "probe", "worlds"))
+    parser.add_argument("what", choices=("ablation", "probe", "worlds", "optimum"))
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--methods", default="di_pp,di_star,kl_rlhf")
     args = parser.parse_args()
@@ -156,6 +176,8 @@ def main() -> None:
         ablation(args.steps or 1500)
     elif args.what == "worlds":
         worlds(args.steps or 5000, args.methods.split(","))
+    elif args.what == "optimum":
+        optimum(args.steps or 1200)
     else:
         probe(args.steps or 600)
 
