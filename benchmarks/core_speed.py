@@ -1,47 +1,68 @@
 """Wall time of `bench --help`, `bench run --help` and each method's default `bench run` (evaluation included).
 
-    python benchmarks/core_speed.py [--repeat 5]
+    python benchmarks/core_speed.py [--repeat 5] [--baseline REV]
 
-Targets from the core issue: each default run <= 60 s on a 2-core machine, `bench --help` <= 1.5 s.
-Figures print as a table; nothing here is a test.
+Targets from the core issues: each default run <= 25 s on a quiet 2-core machine, `bench --help` <= 1.5 s. With
+--baseline, the same commands also run from a git worktree of REV (a commit before a change), interleaved with
+this checkout's, so both columns come from one run on one machine in the same state. Nothing here is a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def timed(args: list[str], env: dict) -> float:
+def timed(args: list[str], env: dict, cwd: Path) -> float:
+    """Seconds of `python -m bench ARGS` run from `cwd`, whose packages come first on the import path."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "bench", *args], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "bench", *args], env=env, cwd=cwd, check=True, capture_output=True)
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def worktree(rev: str):
+    with tempfile.TemporaryDirectory() as parent:
+        folder = Path(parent) / "baseline"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev], check=True,
+                       capture_output=True)
+        try:
+            yield folder
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of the help timings")
     parser.add_argument("--methods", default="di_star,di_pp,kl_rlhf")
+    parser.add_argument("--baseline", default="", help="a git revision to time beside this checkout")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as results:
+    with tempfile.TemporaryDirectory() as results, \
+            (worktree(args.baseline) if args.baseline else contextlib.nullcontext()) as before:
         env = {**os.environ, "BENCH_RESULTS": results}
-        # Interpreter start-up alone, as the baseline the help timings are read against.
-        python = statistics.median(
-            timed_python(env) for _ in range(args.repeat))
-        top = statistics.median(timed(["--help"], env) for _ in range(args.repeat))
-        run_help = statistics.median(timed(["run", "--help"], env) for _ in range(args.repeat))
-        print(f"{'what':<28}{'seconds':>10}{'target':>10}")
-        print(f"{'python -c pass (baseline)':<28}{python:>10.2f}{'':>10}")
-        print(f"{'bench --help':<28}{top:>10.2f}{'1.5':>10}")
-        print(f"{'bench run --help':<28}{run_help:>10.2f}{'':>10}")
+        trees = {"now": ROOT, **({f"at {args.baseline}": before} if before else {})}
+
+        def row(label: str, command: list[str], repeat: int, target: str = "") -> None:
+            seconds = [statistics.median(timed(command, env, tree) for _ in range(repeat)) for tree in trees.values()]
+            print(f"{label:<28}" + "".join(f"{s:>14.2f}" for s in seconds) + f"{target:>10}", flush=True)
+
+        print(f"{'what':<28}" + "".join(f"{name:>14}" for name in trees) + f"{'target':>10}")
+        python = statistics.median(timed_python(env) for _ in range(args.repeat))
+        print(f"{'python -c pass (start-up)':<28}{python:>14.2f}")
+        row("bench --help", ["--help"], args.repeat, "1.5")
+        row("bench run --help", ["run", "--help"], args.repeat)
         for method in args.methods.split(","):
-            seconds = timed(["run", f"method={method}"], env)
-            print(f"{'bench run method=' + method:<28}{seconds:>10.1f}{'60':>10}")
+            row(f"bench run method={method}", ["run", f"method={method}"], 1, "25")
 
 
 def timed_python(env: dict) -> float:

@@ -64,12 +64,9 @@ def screenshot(results: Path, out: Path) -> None:
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(3)
-        with tempfile.TemporaryDirectory() as profile:
-            session = chromium_session("/usr/bin/chromium", profile)
-            visit = next(session)
+        with tempfile.TemporaryDirectory() as profile, chromium_session("/usr/bin/chromium", profile) as visit:
             page = visit(f"http://127.0.0.1:{port}/?page=frontier", ["Reward-divergence frontier"], 1)
             out.write_bytes(page.png)
-            session.close()
     finally:
         server.terminate()
         server.wait(timeout=30)

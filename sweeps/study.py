@@ -74,8 +74,8 @@ def open_storage(url: str, heartbeat: int):
                                               grace_period=3 * heartbeat)
         except Exception as err:  # SQLAlchemy raises many kinds; the user needs the URL and the reason
             # Workers started together on an empty database race to create Optuna's tables; the losers find them
-            # made on the next try.
-            racing = "already exists" in str(err) or "duplicate key" in str(err)
+            # made on the next try. PostgreSQL says "already exists" or "duplicate key", SQLite "UNIQUE constraint".
+            racing = any(words in str(err) for words in ("already exists", "duplicate key", "UNIQUE constraint"))
             if attempt == 2 or not racing:
                 raise UsageError(f"cannot open storage '{url}': {str(err).splitlines()[0]}") from None
             time.sleep(0.5 + attempt)

@@ -117,6 +117,14 @@ def test_metrics_see_mode_dropping_and_reference_samples_score_well():
     assert math.isfinite(good["nll_ref"])
 
 
+def log_density_ratio(generator, law: GaussianMixture, z: torch.Tensor) -> torch.Tensor:
+    """log p_theta(x) - log law(x) at x = g(z) for caption 0: a sample of the exact KL, as the backend takes it."""
+    from bench.analytic.metrics import generator_log_density, log_prob_clean
+
+    x, log_p = generator_log_density(generator, z, caption=0)
+    return log_p - log_prob_clean(law, x, 0)
+
+
 class LinearGenerator(torch.nn.Module):
     """x = mu + A z: a Gaussian N(mu, A A^T) whose KL to a Gaussian reference is closed-form."""
 
@@ -129,14 +137,12 @@ class LinearGenerator(torch.nn.Module):
 
 
 def test_exact_kl_by_change_of_variables_is_the_closed_form_on_a_gaussian_generator():
-    from bench.analytic.metrics import log_density_ratio
-
     from gaussian_case import kl_gaussians
 
     reference, mu, a, _, gen = gaussian_world()
     dim = len(mu)
     z = torch.randn(20_000, dim, generator=gen, dtype=torch.float64)
-    samples = log_density_ratio(LinearGenerator(mu, a), reference, z, caption=0)
+    samples = log_density_ratio(LinearGenerator(mu, a), reference, z)
     exact = kl_gaussians(mu, a @ a.T, reference.means[0, 0], reference.var * torch.eye(dim, dtype=torch.float64))
     assert float(samples.mean()) == pytest.approx(float(exact), abs=4 * float(samples.std()) / 20_000**0.5)
     assert float(exact) > 0.5
@@ -174,15 +180,12 @@ def test_kl_to_the_optimum_is_kl_ref_less_the_reward_plus_log_z_in_closed_form()
 
 
 def test_kl_to_the_optimum_by_change_of_variables_is_the_closed_form():
-    from bench.analytic.metrics import generator_log_density, log_prob_clean
-
     from gaussian_case import kl_gaussians
 
     reference, mu, a, (curvature, slope), gen = gaussian_world()
     optimum = reference.tilt(curvature, slope, 2.0)
     z = torch.randn(20_000, len(mu), generator=gen, dtype=torch.float64)
-    x, log_p = generator_log_density(LinearGenerator(mu, a), z, caption=0)
-    samples = log_p - log_prob_clean(optimum, x, 0)
+    samples = log_density_ratio(LinearGenerator(mu, a), optimum, z)
     eye = torch.eye(len(mu), dtype=torch.float64)
     exact = kl_gaussians(mu, a @ a.T, optimum.means[0, 0], optimum.var * eye)
     assert float(samples.mean()) == pytest.approx(float(exact), abs=4 * float(samples.std()) / 20_000**0.5)
@@ -210,9 +213,7 @@ class FoldingGenerator(torch.nn.Module):
 def test_exact_kl_is_nan_where_the_generator_folds():
     """A generator trained continuously from the orientation-preserving start can reach a determinant <= 0 only
     by folding, where its density sums over several preimages: those samples give NaN, never a wrong number."""
-    from bench.analytic.metrics import log_density_ratio
-
     reference = GaussianMixture(torch.zeros(1, 1, 3, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64), 1.0)
     z = torch.tensor([[0.1, 0.0, 0.0], [2.0, 0.0, 0.0]], dtype=torch.float64)
-    ratio = log_density_ratio(FoldingGenerator(), reference, z, caption=0)
+    ratio = log_density_ratio(FoldingGenerator(), reference, z)
     assert torch.isnan(ratio[0]) and torch.isfinite(ratio[1])

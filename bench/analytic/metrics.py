@@ -81,13 +81,6 @@ def log_prob_clean(law: GaussianMixture, x: Tensor, caption: int) -> Tensor:
     return law.log_prob(x, zero + 1, zero, torch.full((len(x),), caption))
 
 
-def log_density_ratio(generator, reference: GaussianMixture, z: Tensor, caption: int) -> Tensor:
-    """log p_theta(x | c) - log p_ref(x | c) at x = g(z, c), per sample: an unbiased sample of KL(p_theta || p_ref)
-    (NaN where the generator folds, see generator_log_density)."""
-    x, log_p = generator_log_density(generator, z, caption)
-    return log_p - log_prob_clean(reference, x, caption)
-
-
 def world_metrics(
     x: Tensor,
     cond: Tensor,
