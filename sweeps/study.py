@@ -319,9 +319,12 @@ def run_trial(study, trial, space: SearchSpace, run_args: list[str], store: Stor
             run.fail(f"{type(err).__name__}: {err}")
             tell(study, trial, state=TrialState.FAIL)
             raise
-    run.finish(summary)
-    objective = [summary["metrics"][m] for m, _ in space.objectives]
-    if not tell(study, trial, objective):
+        # Finished and told while the run's lock is held and its heartbeat beats: a worker looking for dead trials
+        # must never find a finished trial with its lock free and its heartbeat silent before the study knows.
+        run.finish(summary)
+        objective = [summary["metrics"][m] for m, _ in space.objectives]
+        told = tell(study, trial, objective)
+    if not told:
         return {**outcome, "state": "complete", "values": {}, "note": "another worker had given the trial up"}
     return {**outcome, "state": "complete", "values": dict(zip([m for m, _ in space.objectives], objective,
                                                                 strict=True))}

@@ -320,7 +320,10 @@ def test_workers_on_postgresql_survive_one_killed_and_complete_exactly_the_targe
 
     trials = optuna.load_study(study_name="pg", storage=open_storage(postgres, 1)).get_trials()
     states = [t.state for t in trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and states.count(optuna.trial.TrialState.FAIL) == 1
+    story = [(t.number, t.state.name, t.user_attrs, Store(results).get(t.user_attrs["run_id"]).info.get("message")
+              if "run_id" in t.user_attrs else None) for t in trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and states.count(optuna.trial.TrialState.FAIL) == 1, \
+        story
     failed = next(t for t in trials if t.state == optuna.trial.TrialState.FAIL)
     assert failed.user_attrs["run_id"] == killed_run
     assert [t.params for t in trials if t.user_attrs.get("retry_of") == failed.number] == [failed.params]
