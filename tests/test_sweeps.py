@@ -297,12 +297,18 @@ def writer_pid(run_dir) -> int | None:
     return int(text.split()[1]) if text.startswith("pid ") else None
 
 
-def test_workers_on_postgresql_survive_one_killed_and_complete_exactly_the_target(results, postgres):
+def test_workers_on_postgresql_survive_one_killed_and_complete_exactly_the_target(results, postgres, tmp_path):
     """Three workers, as on three machines, share a PostgreSQL study; one is SIGKILLed mid-trial. Trials are
     claimed under the server's advisory lock, the dead trial is found by heartbeat and writer lock, re-queued once,
-    and the study ends with exactly n_trials complete and one run per trial."""
-    args = ["sweep", "method=di_pp", "study=pg", "n_trials=4", f"storage={postgres}", "heartbeat=1", *FAST,
-            "train.steps=300"]
+    and the study ends with exactly n_trials complete and one run per trial. The space's objective is never NaN
+    (an exact KL is, where a generator folds, and Optuna fails such a trial), so the one failure is the kill's."""
+    space = tmp_path / "recovery.yaml"
+    space.write_text("objectives: [{metric: reward, direction: maximize}]\n"
+                     "params: {method.alpha_rew: {low: 0.02, high: 1.0, log: true}, "
+                     "method.alpha_cfg: {low: 0.5, high: 2.0}}\n"
+                     "fixed: {eval.grid: false}\n")
+    args = ["sweep", "method=di_pp", f"space={space}", "study=pg", "n_trials=4", f"storage={postgres}", "heartbeat=1",
+            *FAST, "train.steps=300"]
     workers = [bench_process(*args, results=results, env={"OMP_NUM_THREADS": "1"}) for _ in range(3)]
     doomed = workers[0]
 
