@@ -21,8 +21,6 @@ from pathlib import Path
 
 import torch
 
-from bench.analytic.metrics import world_metrics
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from world_checks import exact_kls, generated, trainer_for
 
@@ -79,9 +77,7 @@ def drift(args: list[str], steps: int) -> dict:
         trainer.step_once()
     seconds = time.perf_counter() - began
     end = exact_kls(trainer, per_caption=16)
-    x, cond = generated(trainer, 256)
-    backend = trainer.backend
-    metrics, _ = world_metrics(x, cond, backend.reference, backend.reward, backend.optimum, torch.Generator())
+    metrics, _ = trainer.backend.metrics_of(*generated(trainer, 256), seed=0)
     return {"start": start, "end": end, "precision": metrics["precision"], "coverage": metrics["coverage"],
             "reward": metrics["reward"], "seconds": seconds}
 

@@ -112,12 +112,10 @@ class GaussianMixture:
     def log_normaliser(self, curvature: float, slope: Tensor, alpha_rew: float) -> Tensor:
         """log E_p[exp(alpha_rew (-curvature |x|^2 + slope . x))] per caption: the log Z of p* in closed form.
 
-        A component contributes (var P)^(-D/2) exp(P |m|^2 / 2 - |mu|^2 / (2 var)), P and m its tilted precision and
-        mean (see tilt); a constant term of the reward adds alpha_rew times itself.
+        A component contributes (var P)^(-D/2) exp(gain), P and gain as in tilt; a constant term of the reward adds
+        alpha_rew times itself.
         """
-        precision = 1 / self.var + 2 * alpha_rew * curvature
-        means = (self.means / self.var + alpha_rew * slope) / precision
-        gain = 0.5 * precision * means.pow(2).sum(-1) - self.means.pow(2).sum(-1) / (2 * self.var)
+        precision, _, gain = self._tilted(curvature, slope, alpha_rew)
         return torch.logsumexp(self.log_weights + gain, -1) - 0.5 * self.dim * math.log(self.var * precision)
 
     def data_std(self) -> float:
@@ -131,10 +129,12 @@ class GaussianMixture:
         Each component stays Gaussian with precision P = 1/var + 2 a q and mean (mu / var + a b) / P; its
         weight gains exp(P |mu'|^2 / 2 - |mu|^2 / (2 var)) (the common normalising factor cancels).
         """
-        a, q = alpha_rew, curvature
-        precision = 1 / self.var + 2 * a * q
-        means = (self.means / self.var + a * slope) / precision
-        gain = 0.5 * precision * means.pow(2).sum(-1) - self.means.pow(2).sum(-1) / (2 * self.var)
-        log_weights = torch.log_softmax(self.log_weights + gain, -1)
-        return GaussianMixture(means, log_weights, 1 / precision)
+        precision, means, gain = self._tilted(curvature, slope, alpha_rew)
+        return GaussianMixture(means, torch.log_softmax(self.log_weights + gain, -1), 1 / precision)
+
+    def _tilted(self, curvature: float, slope: Tensor, alpha_rew: float) -> tuple[float, Tensor, Tensor]:
+        """Each component times exp(alpha_rew r): precision P, mean m, log gain P |m|^2 / 2 - |mu|^2 / (2 var)."""
+        precision = 1 / self.var + 2 * alpha_rew * curvature
+        means = (self.means / self.var + alpha_rew * slope) / precision
+        return precision, means, 0.5 * precision * means.pow(2).sum(-1) - self.means.pow(2).sum(-1) / (2 * self.var)
 
