@@ -4,6 +4,8 @@
     python benchmarks/drift.py probe                        # the fake score's noise, seen by a frozen generator
     python benchmarks/drift.py worlds [--steps 5000]        # every method on the default world and the family
     python benchmarks/drift.py optimum [--steps 1200]       # KL-RLHF's kl_star, start and end, at alpha_rew 5, 20
+    python benchmarks/drift.py kl_time [--steps 5000]       # KL-RLHF's time: the old 0.005 against faster fakes, 0.02
+    python benchmarks/drift.py compute [--steps 1500]       # every method: more fake updates, four times the batch
 
 Every run is DI++ (or the method named) with alpha_rew 0 and alpha_cfg 1 from the default start, whose law is the
 reference's up to the ODE's error (0.11 nats on the default world); the KL is exact (change of variables, 16
@@ -108,6 +110,39 @@ def worlds(steps: int, methods: list[str]) -> None:
               f"{r['coverage']:.2f} |", flush=True)
 
 
+# KL-RLHF with nothing to gain, on the world where it drifted most at its old time and on the largest: what holds it.
+KL_TIME_WORLDS = {name: WORLDS[name] for name in ("2 modes, s0 0.2, 4 px", "2 modes, s0 0.2, 8 px")}
+KL_TIME = [
+    ("t 0.005 (the old default)", ["method.t_min=0.005"]),
+    ("  lr_fake 3e-3", ["method.t_min=0.005", "train.lr_fake=3e-3"]),
+    ("  fake_steps 8", ["method.t_min=0.005", "method.fake_steps=8"]),
+    ("t 0.01", ["method.t_min=0.01"]),
+    ("t 0.02 (the default)", []),
+]
+
+
+def kl_time(steps: int) -> None:
+    jobs = [(f"{world} | {label}", ["method=kl_rlhf", *args.split(), *extra])
+            for world, args in KL_TIME_WORLDS.items() for label, extra in KL_TIME]
+    print(f"KL-RLHF, alpha_rew 0, {steps} steps: exact KL to the reference (nats)\n")
+    print("| world | setting | KL start | KL end | precision |\n|---|---|---|---|---|")
+    for label, r in run_all(jobs, steps):
+        print(f"| {label} | {r['start']['kl_ref']:.2f} | {r['end']['kl_ref']:.2f} | {r['precision']:.3f} |", flush=True)
+
+
+def compute(steps: int, methods: list[str]) -> None:
+    """More compute must never end farther from the reference: each method at its defaults, with more fake-score
+    updates a step (4 for DI++ and DI*, whose default is 1; 8 for KL-RLHF, whose default is 4), and with four times
+    the batch."""
+    jobs = [(f"{method} | {label}", [f"method={method}", *args]) for method in methods for label, args in (
+        ("default", []), ("more fake updates", [f"method.fake_steps={8 if method == 'kl_rlhf' else 4}"]),
+        ("batch 512", ["train.batch_size=512"]))]
+    print(f"alpha_rew 0, default world, {steps} steps: exact KL to the reference (nats)\n")
+    print("| method | compute | KL start | KL end | precision |\n|---|---|---|---|---|")
+    for label, r in run_all(jobs, steps):
+        print(f"| {label} | {r['start']['kl_ref']:.2f} | {r['end']['kl_ref']:.2f} | {r['precision']:.3f} |", flush=True)
+
+
 def optimum(steps: int) -> None:
     """KL-RLHF against its own objective: kl_star = KL(p_theta || p*) at the start and the end, on the default
     world and the worlds of its family test, at alpha_rew 5 and 20."""
@@ -171,7 +206,7 @@ def induced_gradient(trainer, n: int = 2048, seed: int = 0) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("ablation", "probe", "worlds", "optimum"))
+    parser.add_argument("what", choices=("ablation", "probe", "worlds", "optimum", "compute", "kl_time"))
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--methods", default="di_pp,di_star,kl_rlhf")
     args = parser.parse_args()
@@ -179,6 +214,10 @@ def main() -> None:
         ablation(args.steps or 1500)
     elif args.what == "worlds":
         worlds(args.steps or 5000, args.methods.split(","))
+    elif args.what == "kl_time":
+        kl_time(args.steps or 5000)
+    elif args.what == "compute":
+        compute(args.steps or 1500, args.methods.split(","))
     elif args.what == "optimum":
         optimum(args.steps or 1200)
     else:

@@ -81,8 +81,8 @@ def guided_optimum_shift(trainer, scale: float, t: float) -> float:
 
 @pytest.mark.parametrize("scale", [0.5, 3.0])
 def test_kl_rlhf_moves_by_the_amount_guidance_gives(scale):
-    """At t = 0.2 the fake score is well determined in this wide world (at the default t = 0.005 its DSM
-    targets drown a shift this small: see the README), so training can be held to the closed form."""
+    """At t = 0.2 the fake score is well determined in this wide world (at a small t its DSM targets
+    drown a shift this small: see the README), so training can be held to the closed form."""
     trainer = trainer_for(["method=kl_rlhf", "method.alpha_rew=0", f"method.alpha_cfg={scale}", "method.t_min=0.2",
                            *OVERLAPPING])
     expected = guided_optimum_shift(trainer, scale, 0.2)

@@ -69,8 +69,8 @@ def test_dsm_fake_score_converges_to_the_known_laws_score_over_the_method_times(
 
 
 def test_dsm_fake_score_converges_at_kl_rlhfs_single_small_time():
-    trainer, law = fitted_fake("kl_rlhf")  # t = 0.005 only, where DSM targets are noisiest
-    assert errors(trainer, law, trainer.method.t_min)[0] < 0.4  # measured 0.28
+    trainer, law = fitted_fake("kl_rlhf")  # its single small time only, where DSM targets are noisiest
+    assert errors(trainer, law, trainer.method.t_min)[0] < 0.25  # measured 0.12 (0.28 at t = 0.005)
 
 
 def test_a_dsm_target_off_by_ten_percent_fails_the_same_check(monkeypatch):
