@@ -66,7 +66,9 @@ def generator_log_density(generator, z: Tensor, caption: int) -> tuple[Tensor, T
         return generator(flat.reshape(1, *shape), cond).flatten()
 
     flat = z.flatten(1)
-    jacobians = vmap(jacfwd(one))(flat)
+    # A generator that knows its own Jacobian (the analytic backend's) gives it; any other map gets autograd's.
+    exact = getattr(generator, "jacobian", None)
+    jacobians = exact(z, cond.expand(len(z))) if exact else vmap(jacfwd(one))(flat)
     sign, log_det = torch.linalg.slogdet(jacobians)
     log_det = torch.where(sign > 0, log_det, torch.nan)
     with torch.no_grad():

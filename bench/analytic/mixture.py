@@ -89,6 +89,29 @@ class GaussianMixture:
 
         return denoise
 
+    def tangent_denoiser(self, cond: Tensor) -> Callable[[Tensor, float, float], Tensor]:
+        """denoiser(cond) carrying tangent vectors: input [B, 1 + n, D] is a point and n directions, output the
+        posterior mean at the point and its Jacobian applied to each direction (forward-mode by hand).
+
+        The mean is m = sum_k p_k mu_k with logits linear in x (slope alpha mu_k / v), so its Jacobian applied to
+        u is (alpha / v) sum_k p_k (mu_k . u - sum_j p_j mu_j . u) mu_k: a few products with the caption's K means,
+        where autograd's forward mode pays its bookkeeping on every operation of every solver step.
+        """
+        means, logw = self.means[cond], self.log_weights[cond]
+        half_norms = 0.5 * means.pow(2).sum(-1)
+
+        def denoise(x: Tensor, alpha: float, sigma: float) -> Tensor:
+            v = alpha**2 * self.var + sigma**2
+            logits = logw + alpha * ((means @ x[:, 0, :, None]).squeeze(-1) - alpha * half_norms) / v
+            p = logits.softmax(-1)[:, None]
+            along = x @ means.transpose(1, 2)  # [B, 1 + n, K]: mu_k . x for the point, mu_k . u for each direction
+            tangent = (alpha / v) * (p * (along[:, 1:] - (p * along[:, 1:]).sum(-1, keepdim=True))) @ means
+            gain = alpha * self.var / v
+            mean = torch.cat([p @ means, tangent], 1)
+            return (1 - alpha * gain) * mean + gain * x
+
+        return denoise
+
     def sample(self, cond: Tensor, generator: torch.Generator) -> Tensor:
         means, logw = self._components(cond, cond.shape[0])
         pick = torch.multinomial(logw.exp(), 1, generator=generator).squeeze(1)
