@@ -76,3 +76,23 @@ def test_the_cause_of_drift_put_back_fails_the_same_check():
     (README, Drift): the same run drifts past the bound above."""
     start, end, _ = drift("di_pp", "train.optimizer=adam", "train.lr_gen=3e-4")
     assert end - start > 0.5, (start, end)
+
+
+def kl_rlhf_drift(*args: str) -> float:
+    """KL-RLHF with nothing to gain on a small wide world (2 modes, s0 0.2, 4 px): the exact KL to the reference
+    at steps 1000, 1500 and 2000, averaged, since a single evaluation of a jittering generator is itself noisy."""
+    trainer = trainer_for(["method=kl_rlhf", "method.alpha_rew=0", "seed=0", "backend.components=2",
+                           "backend.s0=0.2", "backend.image_size=4", "backend.prompts=3", *args])
+    train(trainer, 1000)
+    kls = [exact_kls(trainer, per_caption=16)["kl_ref"]]
+    for _ in range(2):
+        train(trainer, 500)
+        kls.append(exact_kls(trainer, per_caption=16)["kl_ref"])
+    return sum(kls) / len(kls)
+
+
+@pytest.mark.parametrize(("args", "drifts"), [((), False), (("method.t_min=0.005",), True)], ids=["default", "t=0.005"])
+def test_kl_rlhf_holds_at_its_time_and_drifts_at_the_old_one(args, drifts):
+    """KL-RLHF's default time (0.02) holds; at t = 0.005 the uniform weighting multiplies the fake's eps error by
+    1 / sigma_t = 37 and the generator drifts (README, Drift; measured 0.12 against 0.42, from 0.01)."""
+    assert (kl_rlhf_drift(*args) > 0.25) == drifts
