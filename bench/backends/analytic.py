@@ -96,6 +96,7 @@ class Generator(nn.Module):
             return self.map_with(self.reference.denoiser(cond), z)
 
     def map_with(self, denoise, x: Tensor) -> Tensor:
+        """The base map with the given denoiser: the reference's, or its tangent form for the Jacobian."""
         if self.init == "ode":
             return probability_flow(denoise, x, self.schedule, ODE_STEPS)
         return denoise(x, self.t_init_alpha, self.t_init_sigma)

@@ -179,8 +179,8 @@ class Trainer:
         opt_fake = torch.optim.Adam([p for _, p in trainable(fake)], lr=cfg.train.lr_fake, betas=betas)
         self.generator, self.fake, self.opt_gen, self.opt_fake = accelerator.prepare(generator, fake, opt_gen,
                                                                                      opt_fake)
-        # Unwrapping asks accelerate which optional packages exist, a file-system search each call (several a
-        # step, 5% of an analytic step): the wrapped modules never change, so unwrap each once.
+        # Unwrapping asks accelerate which optional packages exist, a file-system search at each of the several
+        # calls a step: the wrapped modules never change, so unwrap each once.
         self.bare = {id(m): (m, accelerator.unwrap_model(m)) for m in (self.generator, self.fake)}
         self.counters = Progress()
 
