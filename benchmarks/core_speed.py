@@ -53,7 +53,9 @@ def main() -> None:
         trees = {"now": ROOT, **({f"at {args.baseline}": before} if before else {})}
 
         def row(label: str, command: list[str], repeat: int, target: str = "") -> None:
-            seconds = [statistics.median(timed(command, env, tree) for _ in range(repeat)) for tree in trees.values()]
+            # Each repetition times every tree in turn, so a slow spell of the machine hits both columns alike.
+            times = [[timed(command, env, tree) for tree in trees.values()] for _ in range(repeat)]
+            seconds = [statistics.median(column) for column in zip(*times, strict=True)]
             print(f"{label:<28}" + "".join(f"{s:>14.2f}" for s in seconds) + f"{target:>10}", flush=True)
 
         print(f"{'what':<28}" + "".join(f"{name:>14}" for name in trees) + f"{'target':>10}")

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from world_checks import exact_kls, generated, trainer_for
+from world_checks import exact_kls, generated, train, trainer_for
 
 OLD = ["train.optimizer=adam", "train.lr_gen=3e-4", "UNPRECONDITIONED"]
 # (label, overrides): the fixed trainer first, then the trainer as it was (Adam generator, eps-space correction)
@@ -78,8 +78,7 @@ def drift(args: list[str], steps: int) -> dict:
     trainer = build(args)
     start = exact_kls(trainer, per_caption=16, ema=False)
     began = time.perf_counter()
-    for _ in range(steps):
-        trainer.step_once()
+    train(trainer, steps)
     seconds = time.perf_counter() - began
     end = exact_kls(trainer, per_caption=16)
     metrics, _ = trainer.backend.metrics_of(*generated(trainer, 256), seed=0)
@@ -87,11 +86,12 @@ def drift(args: list[str], steps: int) -> dict:
             "reward": metrics["reward"], "seconds": seconds}
 
 
-def run_all(jobs: list[tuple[str, list[str]]], steps: int):
-    """(label, result) in the jobs' order, each as soon as it and those before it are done."""
+def run_all(jobs: list[tuple[str, list[str]]], steps: int, work=None):
+    """(label, work(args, steps)) in the jobs' order, each as soon as it and those before it are done; work is
+    drift unless named."""
     with ProcessPoolExecutor(2) as pool:
-        yield from zip([label for label, _ in jobs], pool.map(drift, [a for _, a in jobs], [steps] * len(jobs)),
-                       strict=True)
+        yield from zip([label for label, _ in jobs],
+                       pool.map(work or drift, [a for _, a in jobs], [steps] * len(jobs)), strict=True)
 
 
 def ablation(steps: int) -> None:
@@ -114,7 +114,7 @@ def worlds(steps: int, methods: list[str]) -> None:
 
 
 # KL-RLHF with nothing to gain, on the smallest world, where it drifted 0.87 nats at its old time: what holds it.
-KL_TIME_WORLDS = {name: WORLDS[name] for name in ("2 modes, s0 0.2, 4 px",)}
+KL_TIME_WORLD = "2 modes, s0 0.2, 4 px"
 KL_TIME = [
     ("t 0.005 (the old default)", ["method.t_min=0.005"]),
     ("  lr_fake 3e-3", ["method.t_min=0.005", "train.lr_fake=3e-3"]),
@@ -125,19 +125,18 @@ KL_TIME = [
 
 
 def kl_time(steps: int) -> None:
-    jobs = [(f"{world} | {label}", ["method=kl_rlhf", *args.split(), *extra])
-            for world, args in KL_TIME_WORLDS.items() for label, extra in KL_TIME]
+    jobs = [(f"{KL_TIME_WORLD} | {label}", ["method=kl_rlhf", *WORLDS[KL_TIME_WORLD].split(), *extra])
+            for label, extra in KL_TIME]
     print(f"KL-RLHF, alpha_rew 0, {steps} steps: exact KL to the reference (nats)\n")
     print("| world | setting | KL start | KL end | precision |\n|---|---|---|---|---|")
     for label, r in run_all(jobs, steps):
         print(f"| {label} | {r['start']['kl_ref']:.2f} | {r['end']['kl_ref']:.2f} | {r['precision']:.3f} |", flush=True)
 
 
-def default_run(method: str, steps: int) -> dict:
+def default_run(args: list[str], steps: int) -> dict:
     """A default run of `steps` (its own alpha_rew), judged by its final evaluation: 1,024 samples and the exact KL."""
-    trainer = trainer_for([f"method={method}", "threads=1"])
-    for _ in range(steps):
-        trainer.step_once()
+    trainer = trainer_for(["threads=1", *args])
+    train(trainer, steps)
     generator = trainer.unwrapped(trainer.generator)
     with trainer.ema.applied(generator):
         metrics, _ = trainer.backend.evaluate(generator, 1024, seed=1234)
@@ -156,21 +155,18 @@ def gradients(steps: int) -> None:
             ("kl_rlhf at t 0.005", ["method=kl_rlhf", "method.t_min=0.005"])]
     print(f"alpha_rew 0, default world, {steps} steps: generator gradient norm before the clip at 3\n")
     print("| method | median | 10th percentile | 90th percentile |\n|---|---|---|---|")
-    with ProcessPoolExecutor(2) as pool:
-        for (label, _), norms in zip(jobs, pool.map(gradient_norms, [a for _, a in jobs], [steps] * len(jobs)),
-                                     strict=True):
-            q = torch.tensor(norms).quantile(torch.tensor([0.5, 0.1, 0.9])).tolist()
-            print(f"| {label} | {q[0]:.3f} | {q[1]:.3f} | {q[2]:.3f} |", flush=True)
+    for label, norms in run_all(jobs, steps, gradient_norms):
+        q = torch.tensor(norms).quantile(torch.tensor([0.5, 0.1, 0.9])).tolist()
+        print(f"| {label} | {q[0]:.3f} | {q[1]:.3f} | {q[2]:.3f} |", flush=True)
 
 
 def runaway(steps: int) -> None:
-    methods = ["di_pp", "di_star"]
+    jobs = [(method, [f"method={method}"]) for method in ("di_pp", "di_star")]
     print(f"default world, default settings (alpha_rew 0.2), {steps} steps: the final evaluation\n")
     print("| method | precision | coverage | kl_folded | KL to reference | reward |\n|---|---|---|---|---|---|")
-    with ProcessPoolExecutor(2) as pool:
-        for method, m in zip(methods, pool.map(default_run, methods, [steps] * len(methods)), strict=True):
-            print(f"| {method} | {m['precision']:.3f} | {m['coverage']:.2f} | {m['kl_folded']:.3f} | "
-                  f"{m['kl_ref']:.2f} | {m['reward']:.3f} |", flush=True)
+    for method, m in run_all(jobs, steps, default_run):
+        print(f"| {method} | {m['precision']:.3f} | {m['coverage']:.2f} | {m['kl_folded']:.3f} | "
+              f"{m['kl_ref']:.2f} | {m['reward']:.3f} |", flush=True)
 
 
 def compute(steps: int, methods: list[str]) -> None:
@@ -214,8 +210,7 @@ def probe(steps: int = 600, fake_updates: int = 400) -> None:
         trainer = build(args)
         for phase in ("start", "drifted"):
             if phase == "drifted":
-                for _ in range(steps):
-                    trainer.step_once()
+                train(trainer, steps)
             kl = exact_kls(trainer, per_caption=16, ema=False)["kl_ref"]
             gradients = []
             for update in range(fake_updates):
@@ -247,29 +242,27 @@ def induced_gradient(trainer, n: int = 2048, seed: int = 0) -> torch.Tensor:
     return torch.cat([g.flatten() for g in grads])
 
 
+# Each table: what prints it, its default number of steps, and whether it takes --methods.
+TABLES = {
+    "ablation": (ablation, 1500, False),
+    "probe": (probe, 600, False),
+    "worlds": (worlds, 5000, True),
+    "optimum": (optimum, 1200, False),
+    "compute": (compute, 1500, True),
+    "kl_time": (kl_time, 5000, False),
+    "runaway": (runaway, 5000, False),
+    "gradients": (gradients, 300, False),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("ablation", "probe", "worlds", "optimum", "compute", "kl_time", "runaway",
-                                         "gradients"))
+    parser.add_argument("what", choices=TABLES)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--methods", default="di_pp,di_star,kl_rlhf")
     args = parser.parse_args()
-    if args.what == "ablation":
-        ablation(args.steps or 1500)
-    elif args.what == "worlds":
-        worlds(args.steps or 5000, args.methods.split(","))
-    elif args.what == "kl_time":
-        kl_time(args.steps or 5000)
-    elif args.what == "runaway":
-        runaway(args.steps or 5000)
-    elif args.what == "gradients":
-        gradients(args.steps or 300)
-    elif args.what == "compute":
-        compute(args.steps or 1500, args.methods.split(","))
-    elif args.what == "optimum":
-        optimum(args.steps or 1200)
-    else:
-        probe(args.steps or 600)
+    table, default_steps, takes_methods = TABLES[args.what]
+    table(args.steps or default_steps, *([args.methods.split(",")] if takes_methods else []))
 
 
 if __name__ == "__main__":

@@ -102,9 +102,8 @@ class GaussianMixture:
 
         def denoise(x: Tensor, alpha: float, sigma: float) -> Tensor:
             v = alpha**2 * self.var + sigma**2
-            logits = logw + alpha * ((means @ x[:, 0, :, None]).squeeze(-1) - alpha * half_norms) / v
-            p = logits.softmax(-1)[:, None]
             along = x @ means.transpose(1, 2)  # [B, 1 + n, K]: mu_k . x for the point, mu_k . u for each direction
+            p = (logw + alpha * (along[:, 0] - alpha * half_norms) / v).softmax(-1)[:, None]
             tangent = (alpha / v) * (p * (along[:, 1:] - (p * along[:, 1:]).sum(-1, keepdim=True))) @ means
             gain = alpha * self.var / v
             mean = torch.cat([p @ means, tangent], 1)

@@ -179,9 +179,6 @@ class Trainer:
         opt_fake = torch.optim.Adam([p for _, p in trainable(fake)], lr=cfg.train.lr_fake, betas=betas)
         self.generator, self.fake, self.opt_gen, self.opt_fake = accelerator.prepare(generator, fake, opt_gen,
                                                                                      opt_fake)
-        # Unwrapping asks accelerate which optional packages exist, a file-system search at each of the several
-        # calls a step: the wrapped modules never change, so unwrap each once.
-        self.bare = {id(m): (m, accelerator.unwrap_model(m)) for m in (self.generator, self.fake)}
         self.counters = Progress()
 
     def start_run(self) -> Run:
@@ -213,8 +210,7 @@ class Trainer:
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
 
     def unwrapped(self, module):
-        wrapped, bare = self.bare.get(id(module), (None, None))
-        return bare if wrapped is module else self.accelerator.unwrap_model(module)
+        return self.accelerator.unwrap_model(module)
 
     # -- batches ------------------------------------------------------------------------------------------
 
