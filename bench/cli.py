@@ -17,6 +17,7 @@ Commands:
   sweep      Optuna study over alpha_rew, alpha_cfg and any key     bench sweep method=di_star n_trials=12
   eval       score a run on a prompt set with fixed seeds           bench eval run=ID n=64
   prompts    show a prompt set: size, version, a seeded subset      bench prompts coco:captions.json n=100
+  teach      a family's tiny teacher on an exact mixture (a world)  bench teach family=sd15 out=DIR
   dashboard  the Streamlit leaderboard on 127.0.0.1                 bench dashboard [--port 8501]
 
 Every command takes results.dir=PATH (or the environment variable BENCH_RESULTS) to pick the results store.
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    commands = {"run": cmd_run, "runs": cmd_runs, "eval": cmd_eval, "prompts": cmd_prompts,
+    commands = {"run": cmd_run, "runs": cmd_runs, "eval": cmd_eval, "prompts": cmd_prompts, "teach": cmd_teach,
                 "dashboard": cmd_dashboard}
     name, args = argv[0], argv[1:]
     try:
@@ -472,6 +473,44 @@ def cmd_eval(args: list[str]) -> int:
             for column, value in zip(table["columns"], table["row"], strict=True)))
     lines.append(f"  folder: {run.dir / 'evals' / summary['eval_id']}")
     print("\n".join(lines))
+    return 0
+
+
+TEACH_USAGE = """usage: bench teach family=sd15|pixart_alpha|sdxl out=DIR [key=value ...]
+
+Train a tiny teacher in the family's own classes (denoiser, text encoder, scheduler configuration) on exact
+samples of a Gaussian mixture over its latents, one mixture per caption, and write a pipeline folder that
+`bench run backend=FAMILY backend.model=DIR` uses like any other. Runs on it report the world's exact metrics
+on the generator's latents (coverage, precision, FD and MMD to the mixture and to p*, NLL) and accept the latent
+rewards linear and quadratic, whose optimum p* is closed form. DIR/teacher.json holds the teacher's own error:
+its eps error against the exact eps at each noise level, and its sampler's FD beside that of exact samples.
+
+Keys:
+{keys}"""
+
+
+def cmd_teach(args: list[str]) -> int:
+    import dataclasses
+    from typing import get_type_hints
+
+    from bench.config import parse_value
+    from bench.teach import TeachConfig, teach
+
+    fields = {f.name: f for f in dataclasses.fields(TeachConfig)}
+    if wants_help(args) or not args:
+        keys = "\n".join(f"  {f'{name}={f.default}':<18} {f.metadata['help']}" for name, f in fields.items())
+        print(TEACH_USAGE.format(keys=keys))
+        return 0
+    kinds, cfg = get_type_hints(TeachConfig), TeachConfig()
+    for arg in args:
+        key, sep, text = arg.partition("=")
+        if not sep or key not in fields:
+            raise UsageError(f"bench teach takes {', '.join(k + '=' for k in fields)}, got '{arg}'"
+                             f"{did_you_mean(key, fields) if sep else ''}")
+        setattr(cfg, key, parse_value(key, text, kinds[key], fields[key].metadata))
+    out = teach(cfg, progress=show_progress())
+    print(f"taught {cfg.family} in {out} (the teacher's error: {out / 'teacher.json'}); "
+          f"train on it with: bench run backend={cfg.family} backend.model={out}")
     return 0
 
 

@@ -149,4 +149,4 @@ def load_space(name: str, run_args: list[str]) -> SearchSpace:
 def closed_form(cfg) -> bool:
     from bench.rewards.analytic import ANALYTIC_REWARDS
 
-    return cfg.reward in ANALYTIC_REWARDS and ANALYTIC_REWARDS[cfg.reward](2).quadratic_form() is not None
+    return cfg.reward in ANALYTIC_REWARDS and ANALYTIC_REWARDS[cfg.reward]((3, 2, 2)).quadratic_form() is not None

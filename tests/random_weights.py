@@ -20,19 +20,13 @@ from pathlib import Path
 
 import torch
 
+from bench.teach import clip_vocabulary
+
 LETTERS = string.ascii_lowercase
 TINY_OPEN_CLIP = {"embed_dim": 16,
                   "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
                   "text_cfg": {"context_length": 16, "vocab_size": 2 * len(LETTERS) + 2, "width": 32, "heads": 2,
                                "layers": 2}}
-
-
-def clip_tokenizer(folder: Path) -> None:
-    """A byte-pair vocabulary of single letters; the end-of-text token has the largest id, as in CLIP's."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tokens = [*LETTERS, *(c + "</w>" for c in LETTERS), "<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
 def bert_vocab(folder: Path) -> int:
@@ -113,10 +107,10 @@ def write_weights(root: Path, seed: int = 0) -> Path:
         folder.mkdir(parents=True)
         torch.save({"state_dict": to_open_clip(tiny_clip(seed + offset))}, folder / file)
         (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP}))
-        clip_tokenizer(folder / "tokenizer")
+        clip_vocabulary(folder / "tokenizer")
     for offset, name in ((2, "pickscore"), (3, "clip_score"), (4, "aesthetic")):
         tiny_clip(seed + offset).save_pretrained(root / name / "model", safe_serialization=True)
-        clip_tokenizer(root / name / "tokenizer")
+        clip_vocabulary(root / name / "tokenizer")
     torch.manual_seed(seed + 5)
     head = RewardMLP(TINY_OPEN_CLIP["embed_dim"]).state_dict()
     torch.save(head, root / "aesthetic" / "sac+logos+ava1-l14-linearMSE.pth")

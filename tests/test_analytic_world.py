@@ -54,7 +54,7 @@ def test_denoiser_is_the_posterior_mean_of_the_components():
 def test_tilted_mixture_is_the_reward_tilted_reference(reward_cls, alpha_rew):
     """p* from the closed form against self-normalised importance weights exp(a r) on reference samples."""
     mixture = world(prompts=1, s0=0.3)
-    reward = reward_cls(SIZE)
+    reward = reward_cls((3, SIZE, SIZE))
     optimum = mixture.tilt(*reward.quadratic_form(), alpha_rew)
     gen = torch.Generator().manual_seed(0)
     cond = torch.zeros(400_000, dtype=torch.long)
@@ -70,7 +70,7 @@ def test_tilted_mixture_is_the_reward_tilted_reference(reward_cls, alpha_rew):
 
 
 def test_colorfulness_has_no_closed_form_optimum_but_a_gradient():
-    reward = ColorfulnessReward(SIZE)
+    reward = ColorfulnessReward((3, SIZE, SIZE))
     assert reward.quadratic_form() is None
     x = torch.rand(5, 3, SIZE, SIZE, requires_grad=True)
     (grad,) = torch.autograd.grad(reward(x).sum(), x)
@@ -101,7 +101,7 @@ def test_mmd_separates_laws_and_not_samples_of_one_law():
 
 def test_metrics_see_mode_dropping_and_reference_samples_score_well():
     mixture = world(prompts=2, components=3)
-    reward = LinearReward(SIZE)
+    reward = LinearReward((3, SIZE, SIZE))
     gen = torch.Generator().manual_seed(0)
     cond = torch.arange(2).repeat_interleave(300)
     samples = mixture.sample(cond, gen).float().reshape(-1, 3, SIZE, SIZE)

@@ -107,9 +107,9 @@ def test_weighted_reward_is_the_weighted_sum(weights, images):
     from bench.rewards.analytic import build_reward
 
     captions = ["a red fox in snow", "a bowl of fruit"]
-    reward = build_reward("{aesthetic: 2, linear: -1}", captions, 8, str(weights))
+    reward = build_reward("{aesthetic: 2, linear: -1}", captions, (3, 8, 8), str(weights))
     x = torch.rand(2, 3 * 8 * 8) * 2 - 1
     cond = torch.tensor([0, 1])
     aesthetic = load_scorer("aesthetic", str(weights)).score((x.reshape(2, 3, 8, 8) + 1) / 2, captions)
-    linear = build_reward("linear", captions, 8, None)(x, cond)
+    linear = build_reward("linear", captions, (3, 8, 8), None)(x, cond)
     torch.testing.assert_close(reward(x, cond).detach(), 2 * aesthetic - linear, rtol=1e-5, atol=1e-5)

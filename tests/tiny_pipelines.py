@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from random_weights import clip_tokenizer
+from bench.teach import clip_vocabulary, t5_tokenizer
 
 
 def tiny_sd15(folder: Path, seed: int = 0) -> Path:
@@ -26,7 +26,7 @@ def tiny_sd15(folder: Path, seed: int = 0) -> Path:
     text = CLIPTextModel(CLIPTextConfig(vocab_size=54, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
                                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=52,
                                         eos_token_id=53, pad_token_id=53))
-    clip_tokenizer(folder / "tok")
+    clip_vocabulary(folder / "tok")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tok", model_max_length=77)
     scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                        steps_offset=1, timestep_spacing="trailing")
@@ -35,23 +35,6 @@ def tiny_sd15(folder: Path, seed: int = 0) -> Path:
     pipe.save_pretrained(folder / "sd15")
     assert json.loads((folder / "sd15" / "model_index.json").read_text())["unet"][1] == "UNet2DConditionModel"
     return folder / "sd15"
-
-
-def t5_tokenizer(folder: Path):
-    """A T5TokenizerFast on a Unigram model over letters: T5's pieces, padding and </s>, a vocabulary of 32."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [(letter, -3.0) for letter in "abcdefghijklmnopqrstuvwxyz,."]
-    model = Tokenizer(models.Unigram(pieces, unk_id=2))
-    model.pre_tokenizer = pre_tokenizers.Metaspace()
-    model.decoder = decoders.Metaspace()
-    model.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = T5TokenizerFast(tokenizer_object=model, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                                extra_ids=0, model_max_length=120)
-    tokenizer.save_pretrained(folder)
-    return T5TokenizerFast.from_pretrained(folder)
 
 
 def tiny_pixart(folder: Path, seed: int = 0) -> Path:
@@ -98,7 +81,7 @@ def tiny_sdxl(folder: Path, seed: int = 0) -> Path:
                 max_position_embeddings=77, bos_token_id=52, eos_token_id=53, pad_token_id=53)
     encoder = CLIPTextModel(CLIPTextConfig(**text))
     encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=pooled))
-    clip_tokenizer(folder / "tok")
+    clip_vocabulary(folder / "tok")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tok", model_max_length=77)
     scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                        steps_offset=1, timestep_spacing="leading")

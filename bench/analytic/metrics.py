@@ -143,13 +143,13 @@ def optimum_summary(optimum: GaussianMixture, reference: GaussianMixture, reward
     }
 
 
-def optimum_curve(reference: GaussianMixture, reward, cond: Tensor, generator: torch.Generator) -> list[dict]:
+def optimum_curve(reference: GaussianMixture, reward, form: tuple, cond: Tensor,
+                  generator: torch.Generator) -> list[dict]:
     """(alpha_rew, reward, KL to the reference) of p*_alpha over OPTIMUM_CURVE, from exact densities.
 
     p*_alpha maximises E[r] - KL(q || p_ref) / alpha, so no law reaches more reward at the same KL: the curve
     is the frontier every method's points lie on or below.
     """
-    form = reward.quadratic_form()
     return [{"alpha_rew": alpha, **{key: value for key, value in optimum_summary(
         reference.tilt(*form, alpha), reference, reward, cond, generator).items() if key != "nll_ref"}}
         for alpha in OPTIMUM_CURVE]

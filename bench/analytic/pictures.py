@@ -59,6 +59,13 @@ def render(caption: str, component: int, size: int) -> Tensor:
     return BACKGROUND + mask * (rgb - BACKGROUND)
 
 
+def as_latents(pictures: Tensor, channels: int) -> Tensor:
+    """Pictures [..., 3, H, W] as `channels`-channel latents: red, green and blue, then their mean in each channel
+    beyond three (a taught world's latents are pictures a VAE-free eye can read)."""
+    extra = pictures.mean(-3, keepdim=True).expand(*pictures.shape[:-3], channels - 3, *pictures.shape[-2:])
+    return torch.cat([pictures, extra], -3)
+
+
 def component_means(texts: list[str], components: int, size: int) -> Tensor:
     """[P, M, 3 * size * size] means for the mixture."""
     return torch.stack(

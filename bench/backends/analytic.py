@@ -17,15 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacfwd, vmap
 
-from bench.analytic.metrics import (
-    generator_log_density,
-    log_prob_clean,
-    optimum_curve,
-    optimum_summary,
-    world_metrics,
-)
+from bench.analytic.metrics import generator_log_density, log_prob_clean
 from bench.analytic.mixture import GaussianMixture
-from bench.analytic.pictures import captions, component_means
+from bench.analytic.world import ExactWorld, picture_mixture
 from bench.diffusion import VPSchedule, broadcast, image_noise, probability_flow
 from bench.fields import param
 from bench.rewards.analytic import build_reward
@@ -171,16 +165,13 @@ class AnalyticBackend:
         world = cfg.backend
         self.device = device
         self.shape = (3, world.image_size, world.image_size)
-        self.captions = captions(world.prompts)
-        means = component_means(self.captions, world.components, world.image_size)
-        rank = (torch.arange(world.components)[None] + torch.arange(world.prompts)[:, None]) % world.components
-        log_weights = torch.log_softmax(-world.skew * rank.float(), 1)
-        self.reference = GaussianMixture(means, log_weights, world.s0**2)
+        self.captions, self.reference = picture_mixture(world.prompts, world.components, world.image_size, 3,
+                                                        world.s0, world.skew)
         self.schedule = VPSchedule()
-        self.reward = build_reward(cfg.reward, self.captions, world.image_size, cfg.weights or None)
-        form = self.reward.quadratic_form()
-        temperature = cfg.eval.target_alpha_rew or cfg.method.alpha_rew
-        self.optimum = None if form is None else self.reference.tilt(*form, temperature)
+        self.reward = build_reward(cfg.reward, self.captions, self.shape, cfg.weights or None)
+        self.world = ExactWorld(self.reference, self.captions, self.reward, self.reward.quadratic_form(),
+                                cfg.eval.target_alpha_rew or cfg.method.alpha_rew)
+        self.optimum = self.world.optimum
         self.generator = Generator(self.reference, self.schedule, world.init, world.t_init, self.shape,
                                    world.hidden)
         self.kl_samples = cfg.eval.kl_samples
@@ -242,9 +233,7 @@ class AnalyticBackend:
             metrics[key] = sum(row[key] for row in rows) / len(rows)
 
     def metrics_of(self, x: Tensor, cond: Tensor, seed: int) -> tuple[dict[str, float], list[dict]]:
-        rng = torch.Generator().manual_seed(seed + 1)
-        metrics, rows = world_metrics(x, cond, self.reference, self.reward, self.optimum, rng)
-        return metrics, [{**row, "caption": self.captions[row["caption"]]} for row in rows]
+        return self.world.metrics(x, cond, seed)
 
     def image_scores(self, x: Tensor, cond: Tensor) -> dict[str, Tensor]:
         """Per-image scores for `bench eval`: the reward and the exact reference NLL (nats per dimension)."""
@@ -260,14 +249,8 @@ class AnalyticBackend:
         image = Image.fromarray(pixels)
         return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
 
-    @torch.no_grad()
     def describe_optimum(self, total: int, seed: int) -> dict[str, float] | None:
-        if self.optimum is None:
-            return None
-        _, cond = self.eval_inputs(total, seed)
-        rng = torch.Generator().manual_seed(seed + 2)
-        summary = optimum_summary(self.optimum, self.reference, self.reward, cond, rng)
-        return {**summary, "curve": optimum_curve(self.reference, self.reward, cond, rng)}
+        return self.world.describe_optimum(self.eval_inputs(total, seed)[1], seed)
 
     @torch.no_grad()
     def save_grid(self, generator: nn.Module, path: Path, per_caption: int = 8, scale: int = 4) -> None:

@@ -26,11 +26,12 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from bench.analytic.world import ExactWorld, load_mixture
 from bench.backends.diffusers_io import load_pipeline, pipeline_folder
 from bench.diffusion import DiscreteSchedule, image_noise, inner
 from bench.errors import UsageError
 from bench.fields import param
-from bench.prompts import load_prompt_set
+from bench.prompts import PromptSet, load_prompt_set
 
 # Attention projections: where LoRA adapts a UNet or a DiT (the convention of diffusers' training scripts).
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -153,15 +154,30 @@ class PretrainedBackend:
                                           settings.t_init)
         self.fake = EpsNetwork(trainable_copy(self.reference_net, settings.lora_fake), self)
         self.reference = EpsNetwork(self.reference_net, self)
-        self.prompt_set = load_prompt_set(settings.prompts)
-        self.captions = list(self.prompt_set.prompts)
         factor = pipe.vae_scale_factor
         side = settings.resolution or self.reference_net.config.sample_size * factor
         if side % factor:
             raise UsageError(f"backend.resolution={side} must be a multiple of the VAE's downsampling factor {factor}")
         self.resolution = side
         self.shape = (pipe.vae.config.latent_channels, side // factor, side // factor)
-        self.reward_model = image_reward(cfg.reward, cfg.weights or None, settings.name).to(device)
+        taught = load_mixture(folder)
+        if taught is None:
+            self.world, self.prompt_set = None, load_prompt_set(settings.prompts)
+            self.captions = list(self.prompt_set.prompts)
+            self.reward_model = image_reward(cfg.reward, cfg.weights or None, settings.name).to(device)
+        else:
+            self.captions, mixture, shape = taught
+            if shape != self.shape:
+                raise UsageError(f"{settings.model} was taught on latents of shape {list(shape)}; leave "
+                                 f"backend.resolution unset (it gives {list(self.shape)})")
+            if settings.prompts != "builtin":
+                raise UsageError(f"{settings.model} is a taught world, whose prompts are its captions; leave "
+                                 f"backend.prompts unset (got {settings.prompts})")
+            self.prompt_set = PromptSet("taught", tuple(self.captions))
+            self.reward_model = taught_reward(cfg.reward, cfg.weights or None, self.captions, shape).to(device)
+            form = self.reward_model.quadratic_form() if getattr(self.reward_model, "on_latents", False) else None
+            self.world = ExactWorld(mixture, self.captions, self.latent_scores, form,
+                                    cfg.eval.target_alpha_rew or cfg.method.alpha_rew)
         self.empty = self.unconditional()
 
     # -- family hooks -------------------------------------------------------------------------------------
@@ -200,6 +216,10 @@ class PretrainedBackend:
         eps = self.reference(x, t, alpha, sigma, cond).float()
         return -eps / sigma.reshape(-1, 1, 1, 1)
 
+    def latent_scores(self, latents: Tensor, ids: Tensor) -> Tensor:
+        """The reward of latents for prompt rows: what a taught world's metrics read."""
+        return self.reward(latents.to(self.device), self.encode(ids.cpu())).cpu()
+
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> pixels in [0, 1], differentiably."""
         vae = self.pipe.vae
@@ -216,6 +236,8 @@ class PretrainedBackend:
         reward depends on its own latents only, so this is the same gradient at no extra compute.
         """
         texts = [self.captions[int(i)] for i in cond.ids]
+        if getattr(self.reward_model, "on_latents", False):
+            return self.reward_model(latents.float(), cond.ids).float()
         group = self.settings.decode_batch or len(latents)
         if group >= len(latents) or not (torch.is_grad_enabled() and latents.requires_grad):
             return self.reward_model(self.decode(latents), texts).float()
@@ -241,14 +263,29 @@ class PretrainedBackend:
             rows = torch.tensor(ids[start:start + EVAL_BATCH])
             z = torch.stack([image_noise(self.shape, seed, start + k) for k in range(len(rows))]).to(self.device)
             cond = self.encode(rows)
-            batch = self.decode(generator(z, cond))
-            pixels.append(batch.cpu())
-            rewards.append(self.reward_model(batch, [self.captions[int(i)] for i in rows]).float().cpu())
+            latents = generator(z, cond)
+            pixels.append(self.decode(latents).cpu())
+            rewards.append(self.reward(latents, cond).cpu())
         return torch.cat(pixels), torch.cat(rewards)
+
+    @torch.no_grad()
+    def latents(self, generator: nn.Module, ids: Tensor, seed: int) -> Tensor:
+        """Latents of image i = 0.. for prompt rows `ids` from the fixed evaluation noise, in batches."""
+        out = []
+        for start in range(0, len(ids), EVAL_BATCH):
+            rows = ids[start:start + EVAL_BATCH]
+            z = torch.stack([image_noise(self.shape, seed, start + k) for k in range(len(rows))]).to(self.device)
+            out.append(generator(z, self.encode(rows)).float().cpu())
+        return torch.cat(out)
 
     def evaluate(self, generator: nn.Module, total: int, seed: int,
                  exact_kl: bool = False) -> tuple[dict[str, float], list[dict]]:
-        """The reward on the evaluation prompts; a real model has no exact density, so no KL."""
+        """The reward on the evaluation prompts; a real model has no exact density, so no KL. On a taught world, its
+        exact metrics on the generator's latents as well, every caption alike."""
+        if self.world is not None:
+            per_caption = max(2, total // len(self.captions))
+            cond = torch.arange(len(self.captions)).repeat_interleave(per_caption)
+            return self.world.metrics(self.latents(generator, cond, seed), cond, seed)
         prompts = self.eval_prompts()
         per_prompt = max(1, total // len(prompts))
         _, rewards = self.images(generator, [p for p in prompts for _ in range(per_prompt)], seed)
@@ -256,8 +293,12 @@ class PretrainedBackend:
                 for p, r in zip(prompts, rewards.reshape(len(prompts), per_prompt), strict=True)]
         return {"reward": float(rewards.mean())}, rows
 
-    def describe_optimum(self, total: int, seed: int) -> None:
-        return None  # no closed form for a real model
+    def describe_optimum(self, total: int, seed: int) -> dict | None:
+        """p* in closed form on a taught world with a latent linear or quadratic reward; none for a real model."""
+        if self.world is None:
+            return None
+        per_caption = max(2, total // len(self.captions))
+        return self.world.describe_optimum(torch.arange(len(self.captions)).repeat_interleave(per_caption), seed)
 
     def save_grid(self, generator: nn.Module, path: Path, per_prompt: int = 4) -> None:
         """Rows are evaluation prompts, columns samples from the fixed evaluation noise."""
@@ -350,6 +391,22 @@ def one_step_start(source: str, backend: PretrainedBackend) -> nn.Module:
                          f"({', '.join(differ[:4])} differ); the generator must share the reference's latents "
                          "and text embeddings")
     return net.requires_grad_(False).eval().to(backend.device)
+
+
+def taught_reward(spec: str, weights: str | None, texts: list[str], shape: tuple[int, ...]) -> nn.Module:
+    """A taught world's reward: latent rewards (the analytic world's, read on its latents) or image scorers."""
+    from bench.rewards import SCORERS, parse_reward
+    from bench.rewards.analytic import ANALYTIC_REWARDS, build_reward
+
+    latent = [name in ANALYTIC_REWARDS for name in parse_reward(spec, (*ANALYTIC_REWARDS, *SCORERS))]
+    if any(latent) and not all(latent):
+        raise UsageError(f"reward={spec} mixes latent rewards ({', '.join(ANALYTIC_REWARDS)}) with image scorers; on "
+                         "a taught pipeline use one kind: latent rewards alone, or image scorers alone")
+    if all(latent):
+        reward = build_reward(spec, texts, shape, weights).requires_grad_(False).eval()
+        reward.on_latents = True
+        return reward
+    return image_reward(spec, weights, "a taught pipeline")
 
 
 def image_reward(spec: str, weights: str | None, backend: str) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Closed-form rewards of the analytic world.
+"""Closed-form rewards of an exact world, on its pictures (3 channels) or a taught world's latents (as_latents).
 
 Linear and quadratic rewards expose `quadratic_form()` = (q, b) with r(x) = -q |x|^2 + b . x + const, which
 is all the world needs to write the KL-optimal aligned law p* in closed form.
@@ -9,17 +9,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bench.analytic.pictures import render
+from bench.analytic.pictures import as_latents, render
 
 
 class LinearReward(nn.Module):
-    """Redness: r(x) = w . x with w the unit direction that raises red and lowers green and blue."""
+    """Redness: r(x) = w . x with w the unit direction that raises red and lowers green and blue (and leaves any
+    further latent channel alone)."""
 
     name, version = "linear", "1"
 
-    def __init__(self, size: int):
+    def __init__(self, shape: tuple[int, int, int]):
         super().__init__()
-        w = torch.tensor([1.0, -0.5, -0.5]).reshape(3, 1, 1).expand(3, size, size).flatten()
+        channels, height, width = shape
+        w = torch.tensor([1.0, -0.5, -0.5, *[0.0] * (channels - 3)]).reshape(channels, 1, 1)
+        w = w.expand(channels, height, width).flatten()
         self.w = w / w.norm()
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -34,9 +37,9 @@ class QuadraticReward(nn.Module):
 
     name, version = "quadratic", "1"
 
-    def __init__(self, size: int):
+    def __init__(self, shape: tuple[int, int, int]):
         super().__init__()
-        self.target = render("a yellow circle", 4, size).flatten()
+        self.target = as_latents(render("a yellow circle", 4, shape[-1]), shape[0]).flatten()
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         return -0.5 * (x.flatten(1) - self.target).pow(2).sum(1)
@@ -46,16 +49,17 @@ class QuadraticReward(nn.Module):
 
 
 class ColorfulnessReward(nn.Module):
-    """Hasler-Suesstrunk colourfulness (x10) of the picture: not quadratic, so p* has no closed form."""
+    """Hasler-Suesstrunk colourfulness (x10) of the picture (a latent's first three channels): not quadratic, so p*
+    has no closed form."""
 
     name, version = "colorfulness", "1"
 
-    def __init__(self, size: int):
+    def __init__(self, shape: tuple[int, int, int]):
         super().__init__()
-        self.size = size
+        self.channels = shape[0]
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        rgb = (x.reshape(x.shape[0], 3, -1) + 1) / 2
+        rgb = (x.reshape(x.shape[0], self.channels, -1)[:, :3] + 1) / 2
         rg = rgb[:, 0] - rgb[:, 1]
         yb = 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
         # The small constant keeps the gradient of the standard deviation finite on flat pictures.
@@ -83,14 +87,15 @@ class OnPictures(nn.Module):
         return self.scorer(images, [self.captions[int(c)] for c in cond])
 
 
-def build_reward(spec: str, captions: list[str], size: int, weights: str | None):
-    """The configured reward of the analytic world: one analytic reward, or a weighted sum with image scorers."""
+def build_reward(spec: str, captions: list[str], shape: tuple[int, int, int], weights: str | None):
+    """The configured reward of an exact world: one analytic reward, or a weighted sum with image scorers (which
+    read the analytic world's pictures)."""
     from bench.rewards import SCORERS, load_scorer, parse_reward
     from bench.rewards.scorer import WeightedReward
 
     terms = parse_reward(spec, (*ANALYTIC_REWARDS, *SCORERS))
     if spec in ANALYTIC_REWARDS:
-        return ANALYTIC_REWARDS[spec](size)
-    parts = {name: (weight, ANALYTIC_REWARDS[name](size) if name in ANALYTIC_REWARDS
-                    else OnPictures(load_scorer(name, weights), captions, size)) for name, weight in terms.items()}
+        return ANALYTIC_REWARDS[spec](shape)
+    parts = {name: (weight, ANALYTIC_REWARDS[name](shape) if name in ANALYTIC_REWARDS
+                    else OnPictures(load_scorer(name, weights), captions, shape[-1])) for name, weight in terms.items()}
     return WeightedReward(spec, parts)

@@ -1,0 +1,304 @@
+"""`bench teach`: a learned world, so that the real families' code is measured against exact answers on a CPU.
+
+A teacher of a family's own classes (its denoiser, text encoder, tokenizer, VAE and scheduler configuration, tiny)
+is trained by denoising score matching on exact samples of a Gaussian mixture over its latents (the analytic
+world's pictures as latents, one mixture per caption), through the backend's own calls: its timestep indexing
+into alphas_cumprod, its prompt encoding, its unconditional condition (the empty prompt, or SDXL's zeros) for the
+captions it drops. The folder it writes is a standard pipeline that `bench run backend=FAMILY backend.model=DIR`
+uses like any other, plus the world it was taught (world.safetensors: runs on it are scored exactly) and the
+teacher's own error (teacher.json: no student can beat its teacher).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import string
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from bench.analytic.metrics import frechet_distance, sample_moments
+from bench.analytic.world import picture_mixture, save_mixture
+from bench.errors import UsageError
+from bench.fields import param
+
+FAMILIES = ("sd15", "pixart_alpha", "sdxl")
+TEACHER_FILE = "teacher.json"
+LATENT_CHANNELS = 4
+# Timesteps at which the teacher's eps error against the exact one is recorded.
+ERROR_TIMESTEPS = (10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990)
+
+
+@dataclass
+class TeachConfig:
+    family: str = param("sd15", "the family whose classes the teacher is built from", choices=FAMILIES)
+    out: str = param("", "folder to write the taught pipeline to (replaced if it exists)")
+    seed: int = param(0, "seed of the weights, the world's samples and the checks", ge=0, le=2**63 - 1)
+    steps: int = param(1200, "DSM updates of the teacher", ge=1, le=10**7)
+    batch_size: int = param(64, "exact mixture samples an update", ge=2, le=65536)
+    lr: float = param(4e-3, "AdamW learning rate, decayed to zero on a cosine", gt=0, le=1)
+    prompts: int = param(4, "captions of the world", ge=2, le=16)
+    components: int = param(2, "mixture components a caption", ge=1, le=8)
+    s0: float = param(0.1, "standard deviation of every component, per latent value", gt=0, le=1)
+    side: int = param(4, "latent side: the teacher's sample_size", choices=(4, 8))
+    drop: float = param(0.1, "share of samples taught unconditionally (the caption dropped as the family drops it)",
+                        ge=0, lt=1)
+    sampler_steps: int = param(25, "DPM-Solver++ steps (Karras times) of the sampler check", ge=1, le=1000)
+    samples: int = param(256, "samples a caption in the sampler check", ge=8, le=100000)
+
+
+def clip_vocabulary(folder: Path) -> None:
+    """CLIP's tokenizer files for a byte-pair vocabulary of single letters; end-of-text has the largest id, as in
+    CLIP's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = string.ascii_lowercase
+    tokens = [*letters, *(c + "</w>" for c in letters), "<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+def clip_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    clip_vocabulary(folder)
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=32)
+
+
+def t5_tokenizer(folder: Path):
+    """A T5TokenizerFast on a Unigram model over letters: T5's pieces, padding and </s>, a vocabulary of 32."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(letter, -3.0) for letter in string.ascii_lowercase + ",."]
+    model = Tokenizer(models.Unigram(pieces, unk_id=2))
+    model.pre_tokenizer = pre_tokenizers.Metaspace()
+    model.decoder = decoders.Metaspace()
+    model.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = T5TokenizerFast(tokenizer_object=model, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                extra_ids=0, model_max_length=120)
+    tokenizer.save_pretrained(folder)
+    return T5TokenizerFast.from_pretrained(folder)
+
+
+def tiny_vae(scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         norm_num_groups=4, scaling_factor=scaling_factor)
+
+
+def unet(side: int, cross: int, **extra):
+    """A small UNet2DConditionModel. One attention head a block: diffusers' `attention_head_dim` is the number of
+    heads, and heads of two channels made CPU attention half the teacher's time."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=side,
+                                in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, cross_attention_dim=cross,
+                                norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=1, **extra)
+
+
+CLIP_TEXT = dict(vocab_size=54, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 max_position_embeddings=32, bos_token_id=52, eos_token_id=53, pad_token_id=53)
+
+
+def blank_pipeline(family: str, side: int, folder: Path):
+    """The family's pipeline with random weights in its own classes and its own scheduler configuration."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if family == "sd15":
+        from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+        scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                  skip_prk_steps=True, set_alpha_to_one=False)
+        return StableDiffusionPipeline(unet=unet(side, 32), vae=tiny_vae(0.18215),
+                                       text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_TEXT)),
+                                       tokenizer=clip_tokenizer(folder / "clip"), scheduler=scheduler,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if family == "sdxl":
+        from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+        from transformers import CLIPTextModelWithProjection
+
+        pooled, time_width = 32, 8
+        tokenizer = clip_tokenizer(folder / "clip")
+        scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                           steps_offset=1, timestep_spacing="leading")
+        net = unet(side, 2 * CLIP_TEXT["hidden_size"], addition_embed_type="text_time",
+                   addition_time_embed_dim=time_width, projection_class_embeddings_input_dim=pooled + 6 * time_width)
+        return StableDiffusionXLPipeline(
+            vae=tiny_vae(0.13025), text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_TEXT)),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_TEXT, projection_dim=pooled)),
+            tokenizer=tokenizer, tokenizer_2=tokenizer, unet=net, scheduler=scheduler,
+            force_zeros_for_empty_prompt=True)
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    transformer = PixArtTransformer2DModel(sample_size=side, num_layers=4, patch_size=1, attention_head_dim=32,
+                                           num_attention_heads=2, caption_channels=32, in_channels=LATENT_CHANNELS,
+                                           out_channels=2 * LATENT_CHANNELS, cross_attention_dim=64,
+                                           norm_elementwise_affine=False, norm_eps=1e-6, norm_type="ada_norm_single")
+    text = T5EncoderModel(T5Config(vocab_size=32, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                                   pad_token_id=0, eos_token_id=1))
+    scheduler = DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    return PixArtAlphaPipeline(tokenizer=t5_tokenizer(folder / "t5"), text_encoder=text, vae=tiny_vae(0.18215),
+                               transformer=transformer, scheduler=scheduler)
+
+
+def teach(cfg: TeachConfig, progress: bool = True) -> Path:
+    """Write the taught pipeline folder `cfg.out`; returns it."""
+    from bench.backends import load_backend
+    from bench.config import build_config
+    from bench.store.files import atomic_write_json, replace_folder
+
+    if not cfg.out:
+        raise UsageError("bench teach needs out=DIR, the folder to write the taught pipeline to")
+    out = Path(cfg.out).expanduser().resolve()
+    partial = out.with_name(f".{out.name}.teaching")
+    torch.manual_seed(cfg.seed)
+    shape = (LATENT_CHANNELS, cfg.side, cfg.side)
+    texts, world = picture_mixture(cfg.prompts, cfg.components, cfg.side, LATENT_CHANNELS, cfg.s0)
+    shutil.rmtree(partial, ignore_errors=True)
+    blank_pipeline(cfg.family, cfg.side, partial / ".tokenizer").save_pretrained(partial)
+    shutil.rmtree(partial / ".tokenizer")
+    save_mixture(partial, texts, world, shape)
+    # The backend the runs will use, on the blank folder: its calls are the ones the teacher learns through.
+    run_cfg = build_config([f"backend={cfg.family}", f"backend.model={partial}", "reward=linear"])
+    backend = load_backend(cfg.family)(run_cfg, torch.device("cpu"))
+    net = backend.reference_net.requires_grad_(True).train()
+    losses = fit(backend, world, cfg, progress)
+    net.requires_grad_(False).eval()
+    backend.pipe.save_pretrained(partial)
+    report = {"family": cfg.family, "config": vars(cfg) | {"out": str(out)}, "final_loss": losses,
+              "eps_error": eps_error(backend, world, cfg.seed),
+              "sampler": sampler_check(backend, world, cfg)}
+    atomic_write_json(partial / TEACHER_FILE, report)
+    replace_folder(partial, out)
+    return out
+
+
+def draw_condition(backend, captions: Tensor, dropped: Tensor, table, empty):
+    """The batch's text condition: each caption's rows of `table`, or the unconditional one where dropped."""
+    def pick(a: Tensor, b: Tensor) -> Tensor:
+        keep = dropped.reshape(-1, *([1] * (a.dim() - 1)))
+        return torch.where(keep, b.expand_as(a), a)
+
+    rows = table._replace(ids=captions, embeds=table.embeds[captions], mask=table.mask[captions],
+                          pooled=table.pooled[captions])
+    return rows._replace(embeds=pick(rows.embeds, empty.embeds), mask=pick(rows.mask, empty.mask),
+                         pooled=pick(rows.pooled, empty.pooled))
+
+
+def fit(backend, world, cfg: TeachConfig, progress: bool) -> float:
+    """Denoising score matching on exact samples, times uniform over the family's timesteps, with an EMA."""
+    net = backend.reference_net
+    rng = torch.Generator().manual_seed(cfg.seed + 1)
+    optimiser = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda k: 0.5 * (1 + math.cos(math.pi * k / cfg.steps)))
+    average = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    table = backend.encode(torch.arange(len(backend.captions)))
+    bar = tqdm(range(cfg.steps), desc=f"teach {cfg.family}", unit="step", disable=not progress, file=sys.stderr)
+    recent = []
+    for step in bar:
+        captions = torch.randint(len(backend.captions), (cfg.batch_size,), generator=rng)
+        x0 = world.sample(captions, rng).reshape(-1, *backend.shape)
+        t = torch.rand(cfg.batch_size, generator=rng)
+        eps = torch.randn(x0.shape, generator=rng)
+        dropped = torch.rand(cfg.batch_size, generator=rng) < cfg.drop
+        alpha, sigma = backend.schedule.alpha_sigma(t)
+        x_t = alpha.reshape(-1, 1, 1, 1) * x0 + sigma.reshape(-1, 1, 1, 1) * eps
+        cond = draw_condition(backend, captions, dropped, table, backend.empty)
+        loss = (backend.reference(x_t, t, alpha, sigma, cond).float() - eps).pow(2).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        decay = min(0.995, (1 + step) / (10 + step))  # short warm-up, then an average over about 200 updates
+        with torch.no_grad():
+            for key, value in net.state_dict().items():
+                if value.dtype.is_floating_point:
+                    average[key].lerp_(value, 1 - decay)
+        recent = [*recent[-49:], float(loss.detach())]
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+    net.load_state_dict(average)
+    return sum(recent) / len(recent)
+
+
+@torch.no_grad()
+def exact_eps(world, x_t: Tensor, alpha: Tensor, sigma: Tensor, captions: Tensor | None) -> Tensor:
+    """eps = -sigma * score of the diffused mixture (captions None: the unconditional law, all captions alike)."""
+    score = world.score(x_t.flatten(1), alpha, sigma, captions)
+    return (-sigma.reshape(-1, 1) * score).reshape(x_t.shape)
+
+
+@torch.no_grad()
+def eps_error(backend, world, seed: int, per_caption: int = 64) -> dict[str, dict[str, float]]:
+    """Per timestep: the teacher's mean squared eps error against the exact eps (per latent value), conditional and
+    unconditional, beside the exact eps's own mean square (what the error is small against)."""
+    rng = torch.Generator().manual_seed(seed + 2)
+    captions = torch.arange(len(backend.captions)).repeat_interleave(per_caption)
+    table = backend.encode(torch.arange(len(backend.captions)))
+    out = {}
+    for timestep in ERROR_TIMESTEPS:
+        t = torch.full((len(captions),), timestep / (len(backend.schedule.alphas_cumprod) - 1))
+        alpha, sigma = backend.schedule.alpha_sigma(t)
+        x0 = world.sample(captions, rng).reshape(-1, *backend.shape)
+        x_t = alpha.reshape(-1, 1, 1, 1) * x0 + sigma.reshape(-1, 1, 1, 1) * torch.randn(x0.shape, generator=rng)
+        row = {}
+        for name, dropped in (("conditional", False), ("unconditional", True)):
+            cond = draw_condition(backend, captions, torch.full_like(captions, dropped, dtype=torch.bool), table,
+                                  backend.empty)
+            exact = exact_eps(world, x_t, alpha, sigma, None if dropped else captions)
+            row[name] = float((backend.reference(x_t, t, alpha, sigma, cond).float() - exact).pow(2).mean())
+        row["exact_mean_square"] = float(exact.pow(2).mean())
+        out[str(timestep)] = row
+    return out
+
+
+@torch.no_grad()
+def sampler_check(backend, world, cfg: TeachConfig) -> dict:
+    """The teacher's own multi-step sampler (the pipeline's call with DPM-Solver++ on Karras times) against the world:
+    each caption's FD to its exact moments beside the FD of as many exact samples (the finite-sample floor) and of
+    the same solver on the exact eps (its discretisation), and the share of components that receive at least a
+    quarter of their expected samples. Uniform times left the solver itself at 3.6 times the floor at 25 steps (s0
+    0.1, SD1.5's schedule); Karras times reach 1.15."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = backend.pipe
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)
+    rng = torch.Generator().manual_seed(cfg.seed + 3)
+    captions = torch.arange(len(backend.captions)).repeat_interleave(cfg.samples)
+    z = torch.randn((len(captions), *backend.shape), generator=rng)
+    extra = {"use_resolution_binning": False} if cfg.family == "pixart_alpha" else {}
+    side = backend.resolution
+    taught = torch.cat([pipe([backend.captions[int(c)] for c in captions[start:start + 256]],
+                             latents=z[start:start + 256], num_inference_steps=cfg.sampler_steps, guidance_scale=1.0,
+                             output_type="latent", height=side, width=side, **extra).images
+                        for start in range(0, len(captions), 256)]).flatten(1).float()
+    solver = pipe.scheduler
+    solver.set_timesteps(cfg.sampler_steps)
+    x = z.clone()
+    for timestep in solver.timesteps:
+        alpha_bar = solver.alphas_cumprod[timestep]
+        alpha, sigma = alpha_bar.sqrt().expand(len(x)), (1 - alpha_bar).sqrt().expand(len(x))
+        x = solver.step(exact_eps(world, x, alpha, sigma, captions), timestep, x).prev_sample
+    samples = {"fd": taught, "fd_exact_eps": x.flatten(1), "fd_exact_samples": world.sample(captions, rng)}
+    rows = []
+    for caption in range(len(backend.captions)):
+        pick = captions == caption
+        counts = torch.bincount(world.assign(taught[pick], captions[pick]), minlength=world.means.shape[1])
+        expected = pick.sum() * world.log_weights[caption].exp()
+        rows.append({"caption": backend.captions[caption],
+                     **{key: frechet_distance(*sample_moments(x[pick]), *world.moments(caption))
+                        for key, x in samples.items()},
+                     "coverage": float((counts >= 0.25 * expected).float().mean())})
+    return {"steps": cfg.sampler_steps, "samples_a_caption": cfg.samples,
+            **{key: sum(r[key] for r in rows) / len(rows) for key in (*samples, "coverage")}, "captions": rows}

@@ -1,0 +1,103 @@
+"""`bench teach` and the exact metrics of runs on a taught folder: a family's own classes trained on a mixture.
+
+The teacher here is taught briefly (a fraction of the default's updates): these tests check what the folder holds,
+that the real backend trains on it and is scored against the world exactly, and that the teacher learnt the exact
+eps through the family's own calls, not how close a fully taught teacher comes.
+"""
+
+import json
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from bench.analytic.world import load_mixture
+from bench.cli import main
+from bench.config import build_config
+from bench.teach import TeachConfig, exact_eps, teach
+from bench.train.trainer import Trainer
+
+from conftest import bench
+
+FAMILIES = ["sd15", "pixart_alpha", "sdxl"]
+BRIEF = dict(steps=150, samples=32, sampler_steps=10)
+
+
+@pytest.fixture(scope="session")
+def taught(tmp_path_factory):
+    """One briefly taught folder a family, once per test worker."""
+    root = tmp_path_factory.mktemp("taught")
+    return {family: teach(TeachConfig(family=family, out=str(root / family), **BRIEF), progress=False)
+            for family in FAMILIES}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_taught_folder_is_a_pipeline_that_carries_its_world_and_its_teachers_error(taught, family):
+    folder = taught[family]
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    texts, mixture, shape = load_mixture(folder)
+    assert type(pipe).__name__ == {"sd15": "StableDiffusionPipeline", "pixart_alpha": "PixArtAlphaPipeline",
+                                   "sdxl": "StableDiffusionXLPipeline"}[family]
+    assert len(texts) == 4 and mixture.means.shape == (4, 2, 4 * 4 * 4) and shape == (4, 4, 4)
+    report = json.loads((folder / "teacher.json").read_text())
+    assert report["sampler"]["coverage"] <= 1 and report["sampler"]["fd_exact_samples"] > 0
+    # Even briefly taught, the teacher's eps is far closer to the exact eps than a guess of zero is (by a tenth
+    # where the noise dominates): a sign, a scale or a timestep off in the teaching loop would leave it at 1.
+    for timestep in ("500", "700", "900"):
+        row = report["eps_error"][timestep]
+        assert row["conditional"] < 0.1 * row["exact_mean_square"], (timestep, row)
+        assert row["unconditional"] < 0.1 * row["exact_mean_square"], (timestep, row)
+
+
+def test_the_exact_eps_is_minus_sigma_times_the_score_of_the_diffused_mixture():
+    """exact_eps against the noise that made x_t, where the mixture is one Gaussian of known mean: E[eps | x_t]
+    is (x_t - alpha mu) sigma / (alpha^2 var + sigma^2) in closed form."""
+    from bench.analytic.mixture import GaussianMixture
+
+    mu, var = torch.tensor([[[0.5, -1.0, 2.0]]]), 0.09
+    world = GaussianMixture(mu, torch.zeros(1, 1), var)
+    alpha, sigma = torch.tensor([0.8]), torch.tensor([0.6])
+    x_t = torch.tensor([[0.3, 0.1, -0.2]])
+    closed = (x_t - alpha * mu[0]) * sigma / (alpha**2 * var + sigma**2)
+    assert torch.allclose(exact_eps(world, x_t, alpha, sigma, torch.tensor([0])), closed, atol=1e-6)
+
+
+def test_a_run_on_a_taught_folder_is_scored_against_its_world_exactly(taught, results):
+    folder = taught["sd15"]
+    bench("run", "backend=sd15", f"backend.model={folder}", "method=kl_rlhf", "method.alpha_rew=5",
+          "reward=linear", "train.steps=2", "train.batch_size=4", "eval.samples=32", "eval.grid=false",
+          results=results, check=True)
+    (row,) = json.loads(bench("runs", "list", "--json", results=results, check=True).stdout)
+    summary = row["summary"]
+    for key in ("coverage", "precision", "fd_ref", "mmd_ref", "nll_ref", "fd_star", "mmd_star", "reward"):
+        assert key in summary["metrics"] and key in summary["initial"], key
+    # The closed-form p* is described with its frontier: at alpha_rew 1000 every component has moved by
+    # alpha var = 10 along the reward's unit direction.
+    curve = summary["optimum"]["curve"]
+    assert curve[-1]["alpha_rew"] == 1000 and curve[-1]["reward"] > curve[0]["reward"] + 9
+
+
+def test_latent_rewards_score_latents_and_the_optimum_is_the_tilted_world(taught):
+    folder = taught["sd15"]
+    trainer = Trainer(build_config(["backend=sd15", f"backend.model={folder}", "reward=linear",
+                                    "method=kl_rlhf", "method.alpha_rew=5", "train.batch_size=4"]), None,
+                      progress=False)
+    backend = trainer.backend
+    _, mixture, shape = load_mixture(folder)
+    latents = torch.randn(3, *shape)
+    w = backend.reward_model.w
+    assert torch.allclose(backend.reward(latents, backend.encode(torch.tensor([0, 1, 2]))), latents.flatten(1) @ w)
+    # Tilting a component by exp(alpha r) with r linear moves its mean by alpha var w.
+    moved = backend.world.optimum.means - mixture.means
+    assert torch.allclose(moved, 5 * mixture.var * w.expand_as(moved), atol=1e-5)
+
+
+def test_a_taught_folder_refuses_what_does_not_fit_it(taught, capsys):
+    folder = taught["sd15"]
+    common = ["run", "backend=sd15", f"backend.model={folder}", "train.steps=1"]
+    assert main([*common, "reward={linear: 1, hpsv2: 1}"]) == 2
+    assert "mixes latent rewards" in capsys.readouterr().err
+    assert main([*common, "reward=linear", "backend.prompts=coco:x.json"]) == 2
+    assert "whose prompts are its captions" in capsys.readouterr().err
+    assert main(["teach", "family=sd15"]) == 2
+    assert "needs out=DIR" in capsys.readouterr().err
