@@ -57,8 +57,8 @@ def probability_flow(denoise: Callable[[Tensor, float, float], Tensor], noise: T
         guess = x0
         if previous is not None:
             ratio = previous[1] / h
-            guess = (1 + 1 / (2 * ratio)) * x0 - previous[0] / (2 * ratio)
-        x = (sigma_next / sigma) * x + (alpha_next * -math.expm1(-h)) * guess
+            guess = torch.add(x0 * (1 + 1 / (2 * ratio)), previous[0], alpha=-1 / (2 * ratio))
+        x = torch.add(x * (sigma_next / sigma), guess, alpha=alpha_next * -math.expm1(-h))
         previous = (x0, h)
     return denoise(x, *grid[-1][:2])
 

@@ -1,6 +1,7 @@
 """Wall time of `bench --help`, `bench run --help` and each method's default `bench run` (evaluation included).
 
     python benchmarks/core_speed.py [--repeat 5] [--baseline REV]
+    python benchmarks/core_speed.py --parts       # milliseconds of the pieces of a KL-RLHF step, one thread
 
 Targets from the core issues: each default run <= 25 s on a quiet 2-core machine, `bench --help` <= 1.5 s. With
 --baseline, the same commands also run from a git worktree of REV (a commit before a change), interleaved with
@@ -46,7 +47,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of the help timings")
     parser.add_argument("--methods", default="di_star,di_pp,kl_rlhf")
     parser.add_argument("--baseline", default="", help="a git revision to time beside this checkout")
+    parser.add_argument("--parts", action="store_true", help="time the pieces of a default KL-RLHF step instead")
     args = parser.parse_args()
+    if args.parts:
+        return parts()
     with tempfile.TemporaryDirectory() as results, \
             (worktree(args.baseline) if args.baseline else contextlib.nullcontext()) as before:
         env = {**os.environ, "BENCH_RESULTS": results}
@@ -65,6 +69,50 @@ def main() -> None:
         row("bench run --help", ["run", "--help"], args.repeat)
         for method in args.methods.split(","):
             row(f"bench run method={method}", ["run", f"method={method}"], 1, "25")
+
+
+def parts() -> None:
+    """Milliseconds of what a default KL-RLHF step is made of (batch 128, one thread, this checkout only)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from bench.diffusion import dsm_loss, probability_flow
+
+    from world_checks import trainer_for
+
+    torch.set_num_threads(1)
+    trainer = trainer_for(["method=kl_rlhf"])
+    generator, fake = trainer.unwrapped(trainer.generator), trainer.unwrapped(trainer.fake)
+    d = trainer.draw(0)
+    with torch.no_grad():
+        x0 = generator(d["z"], d["cond"])
+    alpha, sigma, x_t = trainer.noisy(x0, d["t"], d["eps"])
+
+    def forward_backward():
+        fake.zero_grad()
+        dsm_loss(fake(x_t, d["t"], alpha, sigma, d["cond"]), d["eps"]).mean().backward()
+
+    forward_backward()
+    params = [p for p in fake.parameters() if p.requires_grad]
+    loop, fused = (torch.optim.Adam(params, lr=1e-9, fused=f) for f in (False, True))
+    reference, schedule = trainer.backend.reference, trainer.backend.schedule
+    pieces = {
+        "generator sample (ODE start + residual)": lambda: generator(d["z"], d["cond"]),
+        "ODE start alone (12 solver steps)": lambda: probability_flow(reference.denoiser(d["cond"]), d["z"],
+                                                                        schedule, 12),
+        "fake score forward + backward": forward_backward,
+        "Adam step, per-tensor loop": loop.step,
+        "Adam step, fused": fused.step,
+        "fake-score update (all of it)": trainer.fake_update,
+        "generator update (all of it)": trainer.generator_update,
+    }
+    for label, piece in pieces.items():
+        with torch.no_grad() if "sample" in label or "ODE" in label else contextlib.nullcontext():
+            piece()
+            start, count = time.perf_counter(), 200
+            for _ in range(count):
+                piece()
+        print(f"{label:<44}{(time.perf_counter() - start) / count * 1e3:>8.2f} ms", flush=True)
 
 
 def timed_python(env: dict) -> float:

@@ -115,7 +115,14 @@ def generator_optimiser(params: list, train) -> torch.optim.Optimizer:
     (README, Drift). SGD's steps shrink with the gradient; clipping bounds them by lr_gen * grad_clip."""
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr_gen)
-    return torch.optim.Adam(params, lr=train.lr_gen, betas=(train.beta1, train.beta2))
+    return adam(params, train.lr_gen, (train.beta1, train.beta2))
+
+
+def adam(params: list, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam, fused into one kernel where torch has one for the parameters' device: on CPU the per-tensor loop cost
+    0.95 ms an update of the analytic fake score against 0.20 fused, a tenth of a KL-RLHF step."""
+    fusable = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fusable or None)
 
 
 def thread_count(cfg: RunConfig) -> int:
@@ -176,7 +183,7 @@ class Trainer:
         self.ema = EMA(generator, cfg.train.ema)
         betas = (cfg.train.beta1, cfg.train.beta2)
         opt_gen = generator_optimiser([p for _, p in trainable(generator)], cfg.train)
-        opt_fake = torch.optim.Adam([p for _, p in trainable(fake)], lr=cfg.train.lr_fake, betas=betas)
+        opt_fake = adam([p for _, p in trainable(fake)], cfg.train.lr_fake, betas)
         self.generator, self.fake, self.opt_gen, self.opt_fake = accelerator.prepare(generator, fake, opt_gen,
                                                                                      opt_fake)
         self.counters = Progress()
