@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from bench.analytic.metrics import frechet_distance, sample_moments
 from bench.analytic.world import picture_mixture, save_mixture
+from bench.diffusion import broadcast, dsm_loss
 from bench.errors import UsageError
 from bench.fields import param
 
@@ -184,25 +185,31 @@ def teach(cfg: TeachConfig, progress: bool = True) -> Path:
     return out
 
 
-def draw_condition(backend, captions: Tensor, dropped: Tensor, table, empty):
-    """The batch's text condition: each caption's rows of `table`, or the unconditional one where dropped."""
-    def pick(a: Tensor, b: Tensor) -> Tensor:
-        keep = dropped.reshape(-1, *([1] * (a.dim() - 1)))
-        return torch.where(keep, b.expand_as(a), a)
+def draw_condition(captions: Tensor, dropped: Tensor, table, empty):
+    """The batch's text condition: each caption's rows of `table`, or the unconditional `empty` where dropped."""
+    def pick(rows: Tensor, unconditional: Tensor) -> Tensor:
+        where = dropped.reshape(-1, *([1] * (rows.dim() - 1)))
+        return torch.where(where, unconditional.expand_as(rows), rows)
 
-    rows = table._replace(ids=captions, embeds=table.embeds[captions], mask=table.mask[captions],
-                          pooled=table.pooled[captions])
-    return rows._replace(embeds=pick(rows.embeds, empty.embeds), mask=pick(rows.mask, empty.mask),
-                         pooled=pick(rows.pooled, empty.pooled))
+    return type(table)(captions, *(pick(field[captions], blank) for field, blank in zip(table[1:], empty[1:],
+                                                                                          strict=True)))
+
+
+def noised(backend, x0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """alpha_t, sigma_t at the family's own timesteps, and x_t = alpha_t x0 + sigma_t eps."""
+    alpha, sigma = backend.schedule.alpha_sigma(t)
+    return alpha, sigma, broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
 
 
 def fit(backend, world, cfg: TeachConfig, progress: bool) -> float:
     """Denoising score matching on exact samples, times uniform over the family's timesteps, with an EMA."""
+    from bench.train.trainer import EMA
+
     net = backend.reference_net
     rng = torch.Generator().manual_seed(cfg.seed + 1)
     optimiser = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda k: 0.5 * (1 + math.cos(math.pi * k / cfg.steps)))
-    average = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    average = EMA(net, 0.0)
     table = backend.encode(torch.arange(len(backend.captions)))
     bar = tqdm(range(cfg.steps), desc=f"teach {cfg.family}", unit="step", disable=not progress, file=sys.stderr)
     recent = []
@@ -212,23 +219,19 @@ def fit(backend, world, cfg: TeachConfig, progress: bool) -> float:
         t = torch.rand(cfg.batch_size, generator=rng)
         eps = torch.randn(x0.shape, generator=rng)
         dropped = torch.rand(cfg.batch_size, generator=rng) < cfg.drop
-        alpha, sigma = backend.schedule.alpha_sigma(t)
-        x_t = alpha.reshape(-1, 1, 1, 1) * x0 + sigma.reshape(-1, 1, 1, 1) * eps
-        cond = draw_condition(backend, captions, dropped, table, backend.empty)
-        loss = (backend.reference(x_t, t, alpha, sigma, cond).float() - eps).pow(2).mean()
+        alpha, sigma, x_t = noised(backend, x0, t, eps)
+        cond = draw_condition(captions, dropped, table, backend.empty)
+        loss = dsm_loss(backend.reference(x_t, t, alpha, sigma, cond).float(), eps).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         schedule.step()
-        decay = min(0.995, (1 + step) / (10 + step))  # short warm-up, then an average over about 200 updates
-        with torch.no_grad():
-            for key, value in net.state_dict().items():
-                if value.dtype.is_floating_point:
-                    average[key].lerp_(value, 1 - decay)
+        average.decay = min(0.995, (1 + step) / (10 + step))  # a short warm-up, then about 200 updates
+        average.update(net)
         recent = [*recent[-49:], float(loss.detach())]
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
-    net.load_state_dict(average)
+    EMA.copy_to(net, average.params)
     return sum(recent) / len(recent)
 
 
@@ -249,12 +252,11 @@ def eps_error(backend, world, seed: int, per_caption: int = 64) -> dict[str, dic
     out = {}
     for timestep in ERROR_TIMESTEPS:
         t = torch.full((len(captions),), timestep / (len(backend.schedule.alphas_cumprod) - 1))
-        alpha, sigma = backend.schedule.alpha_sigma(t)
         x0 = world.sample(captions, rng).reshape(-1, *backend.shape)
-        x_t = alpha.reshape(-1, 1, 1, 1) * x0 + sigma.reshape(-1, 1, 1, 1) * torch.randn(x0.shape, generator=rng)
+        alpha, sigma, x_t = noised(backend, x0, t, torch.randn(x0.shape, generator=rng))
         row = {}
         for name, dropped in (("conditional", False), ("unconditional", True)):
-            cond = draw_condition(backend, captions, torch.full_like(captions, dropped, dtype=torch.bool), table,
+            cond = draw_condition(captions, torch.full_like(captions, dropped, dtype=torch.bool), table,
                                   backend.empty)
             exact = exact_eps(world, x_t, alpha, sigma, None if dropped else captions)
             row[name] = float((backend.reference(x_t, t, alpha, sigma, cond).float() - exact).pow(2).mean())

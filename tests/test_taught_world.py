@@ -40,7 +40,10 @@ def test_a_taught_folder_is_a_pipeline_that_carries_its_world_and_its_teachers_e
                                    "sdxl": "StableDiffusionXLPipeline"}[family]
     assert len(texts) == 4 and mixture.means.shape == (4, 2, 4 * 4 * 4) and shape == (4, 4, 4)
     report = json.loads((folder / "teacher.json").read_text())
-    assert report["sampler"]["coverage"] <= 1 and report["sampler"]["fd_exact_samples"] > 0
+    # The sampler check's own solver (DPM-Solver++, 10 steps here) on the exact eps reaches the finite-sample floor
+    # of exact samples (measured: 1.08 to 1.17 times it): a sign or scale off in exact_eps would not.
+    sampler = report["sampler"]
+    assert sampler["fd_exact_eps"] <= 1.5 * sampler["fd_exact_samples"], sampler
     # Even briefly taught, the teacher's eps is far closer to the exact eps than a guess of zero is (by a tenth
     # where the noise dominates): a sign, a scale or a timestep off in the teaching loop would leave it at 1.
     for timestep in ("500", "700", "900"):

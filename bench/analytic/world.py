@@ -31,6 +31,11 @@ class ExactWorld:
         self.reference, self.captions, self.reward, self.form = reference, texts, reward, form
         self.optimum = None if form is None else reference.tilt(*form, temperature)
 
+    def eval_captions(self, total: int) -> Tensor:
+        """Caption ids of an evaluation of `total` samples: every caption alike (at least two each, for a spread),
+        image i of caption i // per_caption."""
+        return torch.arange(len(self.captions)).repeat_interleave(max(2, total // len(self.captions)))
+
     def metrics(self, x: Tensor, cond: Tensor, seed: int) -> tuple[dict[str, float], list[dict]]:
         """Metrics averaged over captions, and one row per caption (named)."""
         rng = torch.Generator().manual_seed(seed + 1)

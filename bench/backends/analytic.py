@@ -171,11 +171,15 @@ class AnalyticBackend:
         self.reward = build_reward(cfg.reward, self.captions, self.shape, cfg.weights or None)
         self.world = ExactWorld(self.reference, self.captions, self.reward, self.reward.quadratic_form(),
                                 cfg.eval.target_alpha_rew or cfg.method.alpha_rew)
-        self.optimum = self.world.optimum
         self.generator = Generator(self.reference, self.schedule, world.init, world.t_init, self.shape,
                                    world.hidden)
         self.kl_samples = cfg.eval.kl_samples
         self.fake = FakeScore(self.reference, self.shape, world.hidden, self.reference.data_std())
+
+    @property
+    def optimum(self) -> GaussianMixture | None:
+        """p*, KL-RLHF's optimum at the evaluation's alpha_rew, where the reward has a closed form."""
+        return self.world.optimum
 
     def sample_inputs(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Generator noise z and caption ids for a batch."""
@@ -195,8 +199,7 @@ class AnalyticBackend:
         Image i is caption i // per_caption with `image_noise(shape, seed, i)`: the layout `bench eval` uses, so
         `bench eval n=PER_CAPTION seed=SEED` sees exactly the images the training's evaluations saw.
         """
-        per_caption = max(2, total // len(self.captions))
-        cond = torch.arange(len(self.captions)).repeat_interleave(per_caption)
+        cond = self.world.eval_captions(total)
         return torch.stack([image_noise(self.shape, seed, i) for i in range(len(cond))]), cond
 
     def evaluate(self, generator: nn.Module, total: int, seed: int,

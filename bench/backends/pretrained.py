@@ -161,6 +161,7 @@ class PretrainedBackend:
         self.resolution = side
         self.shape = (pipe.vae.config.latent_channels, side // factor, side // factor)
         taught = load_mixture(folder)
+        self.latent_reward = False  # whether the reward reads latents (a taught world's) or decoded pixels
         if taught is None:
             self.world, self.prompt_set = None, load_prompt_set(settings.prompts)
             self.captions = list(self.prompt_set.prompts)
@@ -174,9 +175,11 @@ class PretrainedBackend:
                 raise UsageError(f"{settings.model} is a taught world, whose prompts are its captions; leave "
                                  f"backend.prompts unset (got {settings.prompts})")
             self.prompt_set = PromptSet("taught", tuple(self.captions))
-            self.reward_model = taught_reward(cfg.reward, cfg.weights or None, self.captions, shape).to(device)
-            form = self.reward_model.quadratic_form() if getattr(self.reward_model, "on_latents", False) else None
-            self.world = ExactWorld(mixture, self.captions, self.latent_scores, form,
+            self.reward_model, self.latent_reward = taught_reward(cfg.reward, cfg.weights or None, self.captions,
+                                                                  shape)
+            self.reward_model.to(device)
+            form = self.reward_model.quadratic_form() if self.latent_reward else None
+            self.world = ExactWorld(mixture, self.captions, self.cpu_scores, form,
                                     cfg.eval.target_alpha_rew or cfg.method.alpha_rew)
         self.empty = self.unconditional()
 
@@ -216,9 +219,9 @@ class PretrainedBackend:
         eps = self.reference(x, t, alpha, sigma, cond).float()
         return -eps / sigma.reshape(-1, 1, 1, 1)
 
-    def latent_scores(self, latents: Tensor, ids: Tensor) -> Tensor:
-        """The reward of latents for prompt rows: what a taught world's metrics read."""
-        return self.reward(latents.to(self.device), self.encode(ids.cpu())).cpu()
+    def cpu_scores(self, latents: Tensor, ids: Tensor) -> Tensor:
+        """The reward of latents for prompt rows, from and to the CPU: what a taught world's metrics read."""
+        return self.scores(latents.to(self.device), ids).cpu()
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> pixels in [0, 1], differentiably."""
@@ -235,9 +238,13 @@ class PretrainedBackend:
         freed, and the surrogate <sg[dr/dL], L> carries those gradients into the step's backward. An image's
         reward depends on its own latents only, so this is the same gradient at no extra compute.
         """
-        texts = [self.captions[int(i)] for i in cond.ids]
-        if getattr(self.reward_model, "on_latents", False):
-            return self.reward_model(latents.float(), cond.ids).float()
+        return self.scores(latents, cond.ids)
+
+    def scores(self, latents: Tensor, ids: Tensor) -> Tensor:
+        """The reward for prompt rows `ids`: the prompts' texts are all an image scorer reads of the condition."""
+        if self.latent_reward:
+            return self.reward_model(latents.float(), ids).float()
+        texts = [self.captions[int(i)] for i in ids]
         group = self.settings.decode_batch or len(latents)
         if group >= len(latents) or not (torch.is_grad_enabled() and latents.requires_grad):
             return self.reward_model(self.decode(latents), texts).float()
@@ -256,36 +263,32 @@ class PretrainedBackend:
         return list(range(min(self.settings.eval_prompts, len(self.captions))))
 
     @torch.no_grad()
-    def images(self, generator: nn.Module, ids: list[int], seed: int) -> tuple[Tensor, Tensor]:
-        """Pixels of image i = 0.. for prompt rows `ids`, and their rewards, in batches that bound memory."""
-        pixels, rewards = [], []
+    def generated(self, generator: nn.Module, ids, seed: int):
+        """(condition, latents) of images i = 0.. for prompt rows `ids`, from the fixed evaluation noise, in batches
+        that bound memory."""
         for start in range(0, len(ids), EVAL_BATCH):
-            rows = torch.tensor(ids[start:start + EVAL_BATCH])
+            rows = torch.as_tensor(ids[start:start + EVAL_BATCH])
             z = torch.stack([image_noise(self.shape, seed, start + k) for k in range(len(rows))]).to(self.device)
             cond = self.encode(rows)
-            latents = generator(z, cond)
+            yield cond, generator(z, cond)
+
+    @torch.no_grad()
+    def images(self, generator: nn.Module, ids: list[int], seed: int) -> tuple[Tensor, Tensor]:
+        """Pixels of image i = 0.. for prompt rows `ids`, and their rewards."""
+        pixels, rewards = [], []
+        for cond, latents in self.generated(generator, ids, seed):
             pixels.append(self.decode(latents).cpu())
             rewards.append(self.reward(latents, cond).cpu())
         return torch.cat(pixels), torch.cat(rewards)
-
-    @torch.no_grad()
-    def latents(self, generator: nn.Module, ids: Tensor, seed: int) -> Tensor:
-        """Latents of image i = 0.. for prompt rows `ids` from the fixed evaluation noise, in batches."""
-        out = []
-        for start in range(0, len(ids), EVAL_BATCH):
-            rows = ids[start:start + EVAL_BATCH]
-            z = torch.stack([image_noise(self.shape, seed, start + k) for k in range(len(rows))]).to(self.device)
-            out.append(generator(z, self.encode(rows)).float().cpu())
-        return torch.cat(out)
 
     def evaluate(self, generator: nn.Module, total: int, seed: int,
                  exact_kl: bool = False) -> tuple[dict[str, float], list[dict]]:
         """The reward on the evaluation prompts; a real model has no exact density, so no KL. On a taught world, its
         exact metrics on the generator's latents as well, every caption alike."""
         if self.world is not None:
-            per_caption = max(2, total // len(self.captions))
-            cond = torch.arange(len(self.captions)).repeat_interleave(per_caption)
-            return self.world.metrics(self.latents(generator, cond, seed), cond, seed)
+            cond = self.world.eval_captions(total)
+            latents = torch.cat([x.float().cpu() for _, x in self.generated(generator, cond, seed)])
+            return self.world.metrics(latents, cond, seed)
         prompts = self.eval_prompts()
         per_prompt = max(1, total // len(prompts))
         _, rewards = self.images(generator, [p for p in prompts for _ in range(per_prompt)], seed)
@@ -297,8 +300,7 @@ class PretrainedBackend:
         """p* in closed form on a taught world with a latent linear or quadratic reward; none for a real model."""
         if self.world is None:
             return None
-        per_caption = max(2, total // len(self.captions))
-        return self.world.describe_optimum(torch.arange(len(self.captions)).repeat_interleave(per_caption), seed)
+        return self.world.describe_optimum(self.world.eval_captions(total), seed)
 
     def save_grid(self, generator: nn.Module, path: Path, per_prompt: int = 4) -> None:
         """Rows are evaluation prompts, columns samples from the fixed evaluation noise."""
@@ -393,8 +395,9 @@ def one_step_start(source: str, backend: PretrainedBackend) -> nn.Module:
     return net.requires_grad_(False).eval().to(backend.device)
 
 
-def taught_reward(spec: str, weights: str | None, texts: list[str], shape: tuple[int, ...]) -> nn.Module:
-    """A taught world's reward: latent rewards (the analytic world's, read on its latents) or image scorers."""
+def taught_reward(spec: str, weights: str | None, texts: list[str], shape: tuple[int, ...]) -> tuple[nn.Module, bool]:
+    """A taught world's reward, and whether it reads latents: latent rewards (the analytic world's, read on its
+    latents) or image scorers (on decoded pixels)."""
     from bench.rewards import SCORERS, parse_reward
     from bench.rewards.analytic import ANALYTIC_REWARDS, build_reward
 
@@ -403,10 +406,8 @@ def taught_reward(spec: str, weights: str | None, texts: list[str], shape: tuple
         raise UsageError(f"reward={spec} mixes latent rewards ({', '.join(ANALYTIC_REWARDS)}) with image scorers; on "
                          "a taught pipeline use one kind: latent rewards alone, or image scorers alone")
     if all(latent):
-        reward = build_reward(spec, texts, shape, weights).requires_grad_(False).eval()
-        reward.on_latents = True
-        return reward
-    return image_reward(spec, weights, "a taught pipeline")
+        return build_reward(spec, texts, shape, weights).requires_grad_(False).eval(), True
+    return image_reward(spec, weights, "a taught pipeline"), False
 
 
 def image_reward(spec: str, weights: str | None, backend: str) -> nn.Module:
