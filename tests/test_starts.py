@@ -51,11 +51,13 @@ def test_init_refuses_what_it_cannot_start_from(results, capsys, args, message):
     assert len(Store(results).rows()) == 1  # nothing created
 
 
-def drift(method: str, *args: str, steps: int = 400) -> tuple[float, float, dict]:
+def drift(method: str, *args: str, steps: int = 400, preconditioned: bool = True) -> tuple[float, float, dict]:
     """Exact KL to the reference at the start and after `steps` updates with nothing to gain (alpha_rew 0,
     alpha_cfg 1), and the end's sample metrics."""
     trainer = trainer_for([f"method={method}", "method.alpha_rew=0", "backend.image_size=8", "backend.prompts=2",
                            *args])
+    if not preconditioned:  # data_std -> infinity makes the fake's preconditioning factor 1: plain eps space
+        trainer.unwrapped(trainer.fake).data_std = 1e12
     start = exact_kls(trainer, ema=False)["kl_ref"]
     train(trainer, steps)
     x, cond = generated(trainer, 512)
@@ -72,9 +74,10 @@ def test_without_reward_the_reference_is_a_fixed_point_of_training(method):
 
 
 def test_the_cause_of_drift_put_back_fails_the_same_check():
-    """Adam on the generator steps lr in every coordinate even where the gradient is only the fake score's noise
-    (README, Drift): the same run drifts past the bound above."""
-    start, end, _ = drift("di_pp", "train.optimizer=adam", "train.lr_gen=3e-4")
+    """The fake score's correction unpreconditioned, in plain eps space, where a unit of its optimiser's jitter costs
+    sigma / alpha in the denoiser the gradient reads (README, Drift): the same run drifts past the bound above
+    (measured +1.56 nats)."""
+    start, end, _ = drift("di_pp", preconditioned=False)
     assert end - start > 0.5, (start, end)
 
 
@@ -94,5 +97,5 @@ def kl_rlhf_drift(*args: str) -> float:
 @pytest.mark.parametrize(("args", "drifts"), [((), False), (("method.t_min=0.005",), True)], ids=["default", "t=0.005"])
 def test_kl_rlhf_holds_at_its_time_and_drifts_at_the_old_one(args, drifts):
     """KL-RLHF's default time (0.02) holds; at t = 0.005 the uniform weighting multiplies the fake's eps error by
-    1 / sigma_t = 37 and the generator drifts (README, Drift; measured 0.12 against 0.42, from 0.01)."""
-    assert (kl_rlhf_drift(*args) > 0.25) == drifts
+    1 / sigma_t = 37 and the generator drifts (README, Drift; measured 0.08 against 0.30, from 0.01)."""
+    assert (kl_rlhf_drift(*args) > 0.2) == drifts
