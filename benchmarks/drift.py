@@ -254,6 +254,10 @@ def collapse(steps: int) -> None:
             for label, extra in (("correction from z and the base sample (now)", []),
                                  ("correction from z alone (before)", [NOISE_ONLY]))
             for alpha, t in ((5, 0.02), (20, 0.02), (5, 0.05))]
+    # What did not lift the old floor: more fake-score compute, and the generator's optimiser settings.
+    jobs += [(f"  before, {label} | 5 | 0.02", ["method=kl_rlhf", "method.alpha_rew=5", *world, NOISE_ONLY, *extra])
+             for label, extra in (("fake_steps 8", ["method.fake_steps=8"]), ("batch 512", ["train.batch_size=512"]),
+                                  ("lr_gen 0.01", ["train.lr_gen=0.01"]), ("EMA 0.999", ["train.ema=0.999"]))]
     print(f"KL-RLHF on the {COLLAPSE_WORLD} world, {steps} steps\n")
     print("| generator | alpha_rew | t | kl_star start | kl_star end | lowest eigenvalues | in mode differences |\n"
           "|---|---|---|---|---|---|---|")

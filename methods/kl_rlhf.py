@@ -15,8 +15,8 @@ the data's local spread.
 
 The time is the shared t_min, 0.02 (sigma_t 0.077). At t = 0.005 (sigma_t 0.027) a unit of the fake's eps error
 cost 1 / sigma_t = 37 in the generator's gradient, and with nothing to gain the generator drifted 0.45 to 1.03 nats
-from the reference in 5,000 steps; at 0.02 the rise is at most 0.36 (README, Drift), and the curvature's bias at the
-default alpha_rew 20 is 6% (s0 0.08) to 10% (s0 0.2).
+from the reference in 5,000 steps (the generator of then); at 0.02 the rise is at most 0.16 (README, Drift), and the
+curvature's bias at the default alpha_rew 20 is 6% (s0 0.08) to 10% (s0 0.2).
 """
 
 from dataclasses import dataclass

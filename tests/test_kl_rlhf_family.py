@@ -39,10 +39,14 @@ WORLDS = {
     "3 skewed modes, linear, s0 0.2": "seed=6 backend.components=3 backend.skew=0.7 reward=linear backend.s0=0.2 "
                                       "backend.image_size=5 backend.prompts=3",
 }
+# Also at alpha_rew 5 the world where a generator correcting from the noise alone stopped at 1.1 nats of kl_star
+# (README, Drift): put back, it fails here (3.33 -> 1.14 against the bound of 0.83; now 0.14).
+CASES = {**WORLDS, "3 modes, quadratic, s0 0.08, alpha_rew 5": WORLDS["3 modes, quadratic, s0 0.08"]
+         + " method.alpha_rew=5"}
 PER_CAPTION = 4000
 
 
-@pytest.mark.parametrize("world", WORLDS.values(), ids=WORLDS.keys())
+@pytest.mark.parametrize("world", CASES.values(), ids=CASES.keys())
 def test_kl_rlhf_reaches_the_tilted_optimum(world):
     trainer = trainer_for(["method=kl_rlhf", *world.split()])
     optimum, reward = trainer.backend.optimum, trainer.backend.reward

@@ -129,8 +129,8 @@ def thread_count(cfg: RunConfig) -> int:
     """torch's CPU threads for this run: sized to the work and to the processes sharing the machine.
 
     torch's default (every core) oversubscribes as soon as anything else runs: on two cores, two analytic runs side
-    by side took 8.3 times as long as one alone with two threads each, 1.13 times with one each, while one run
-    alone gains only 16% from a second thread (benchmarks/side_by_side.py).
+    by side took 4.5 times as long as one alone with two threads each, 1.03 times with one each, while one run
+    alone takes only 20% less time with a second thread (benchmarks/side_by_side.py).
     """
     if cfg.threads:
         return cfg.threads
