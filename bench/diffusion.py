@@ -92,6 +92,12 @@ class DiscreteSchedule:
         return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
 
 
+def noised(schedule, x0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """alpha_t, sigma_t of `schedule` (VP or a model's own timesteps) and x_t = alpha_t x0 + sigma_t eps."""
+    alpha, sigma = schedule.alpha_sigma(t)
+    return alpha, sigma, broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
+
+
 def noise_generator(seed: int, index: int) -> torch.Generator:
     """The random stream of evaluation image `index`: fixed by (seed, index) alone, whatever the batching.
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from bench.analytic.metrics import frechet_distance, sample_moments
 from bench.analytic.world import picture_mixture, save_mixture
-from bench.diffusion import broadcast, dsm_loss
+from bench.diffusion import dsm_loss, noised
 from bench.errors import UsageError
 from bench.fields import param
 
@@ -195,12 +195,6 @@ def draw_condition(captions: Tensor, dropped: Tensor, table, empty):
                                                                                           strict=True)))
 
 
-def noised(backend, x0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """alpha_t, sigma_t at the family's own timesteps, and x_t = alpha_t x0 + sigma_t eps."""
-    alpha, sigma = backend.schedule.alpha_sigma(t)
-    return alpha, sigma, broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
-
-
 def fit(backend, world, cfg: TeachConfig, progress: bool) -> float:
     """Denoising score matching on exact samples, times uniform over the family's timesteps, with an EMA."""
     from bench.train.trainer import EMA
@@ -219,7 +213,7 @@ def fit(backend, world, cfg: TeachConfig, progress: bool) -> float:
         t = torch.rand(cfg.batch_size, generator=rng)
         eps = torch.randn(x0.shape, generator=rng)
         dropped = torch.rand(cfg.batch_size, generator=rng) < cfg.drop
-        alpha, sigma, x_t = noised(backend, x0, t, eps)
+        alpha, sigma, x_t = noised(backend.schedule, x0, t, eps)
         cond = draw_condition(captions, dropped, table, backend.empty)
         loss = dsm_loss(backend.reference(x_t, t, alpha, sigma, cond).float(), eps).mean()
         optimiser.zero_grad(set_to_none=True)
@@ -253,7 +247,7 @@ def eps_error(backend, world, seed: int, per_caption: int = 64) -> dict[str, dic
     for timestep in ERROR_TIMESTEPS:
         t = torch.full((len(captions),), timestep / (len(backend.schedule.alphas_cumprod) - 1))
         x0 = world.sample(captions, rng).reshape(-1, *backend.shape)
-        alpha, sigma, x_t = noised(backend, x0, t, torch.randn(x0.shape, generator=rng))
+        alpha, sigma, x_t = noised(backend.schedule, x0, t, torch.randn(x0.shape, generator=rng))
         row = {}
         for name, dropped in (("conditional", False), ("unconditional", True)):
             cond = draw_condition(captions, torch.full_like(captions, dropped, dtype=torch.bool), table,

@@ -76,7 +76,7 @@ def parts() -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from bench.diffusion import dsm_loss, probability_flow
+    from bench.diffusion import dsm_loss, noised, probability_flow
 
     from world_checks import trainer_for
 
@@ -86,7 +86,7 @@ def parts() -> None:
     d = trainer.draw(0)
     with torch.no_grad():
         x0 = generator(d["z"], d["cond"])
-    alpha, sigma, x_t = trainer.noisy(x0, d["t"], d["eps"])
+    alpha, sigma, x_t = noised(trainer.schedule, x0, d["t"], d["eps"])
 
     def forward_backward():
         fake.zero_grad()

@@ -32,7 +32,7 @@ import torch
 from bench.backends import analytic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from world_checks import exact_kls, generated, train, trainer_for
+from world_checks import exact_kls, generated, train, trainer_for, unprecondition
 
 # The generator as it was before its correction read the base's sample: a function of the noise alone.
 NOISE_ONLY = "NOISE_ONLY"
@@ -106,8 +106,7 @@ def build(args: list[str]):
     with noise_only_generators() if NOISE_ONLY in args else contextlib.nullcontext():
         trainer = trainer_for([f"{key}={value}" for key, value in merged.items()])
     if "UNPRECONDITIONED" in args:
-        # data_std -> infinity makes the preconditioning factor 1: the correction in plain eps space.
-        trainer.unwrapped(trainer.fake).data_std = 1e12
+        unprecondition(trainer)
     return trainer
 
 

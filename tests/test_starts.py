@@ -8,7 +8,7 @@ import pytest
 from bench.cli import main
 from bench.store import Store
 
-from world_checks import exact_kls, generated, train, trainer_for
+from world_checks import exact_kls, generated, train, trainer_for, unprecondition
 
 SMALL = ["backend.image_size=4", "backend.prompts=2", "eval.grid=false", "eval.samples=256"]
 
@@ -56,8 +56,8 @@ def drift(method: str, *args: str, steps: int = 400, preconditioned: bool = True
     alpha_cfg 1), and the end's sample metrics."""
     trainer = trainer_for([f"method={method}", "method.alpha_rew=0", "backend.image_size=8", "backend.prompts=2",
                            *args])
-    if not preconditioned:  # data_std -> infinity makes the fake's preconditioning factor 1: plain eps space
-        trainer.unwrapped(trainer.fake).data_std = 1e12
+    if not preconditioned:
+        unprecondition(trainer)
     start = exact_kls(trainer, ema=False)["kl_ref"]
     train(trainer, steps)
     x, cond = generated(trainer, 512)

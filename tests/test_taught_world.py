@@ -144,10 +144,10 @@ def test_sdxls_one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teache
     rng = torch.Generator().manual_seed(0)
     ids = torch.arange(len(backend.captions)).repeat_interleave(64)
     x0 = world.sample(ids, rng).reshape(len(ids), *backend.shape)
-    alpha_bar = backend.schedule.alphas_cumprod[generator.t_init]
-    alpha, sigma = alpha_bar.sqrt().expand(len(ids)), (1 - alpha_bar).sqrt().expand(len(ids))
-    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * torch.randn(x0.shape, generator=rng)
+    alpha_bar = backend.schedule.alphas_cumprod[generator.t_init].expand(len(ids))
+    alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    x_t = alpha[0] * x0 + sigma[0] * torch.randn(x0.shape, generator=rng)
     with torch.no_grad():
         denoised = generator(x_t, backend.encode(ids))
-    exact = (x_t - (1 - alpha_bar).sqrt() * exact_eps(world, x_t, alpha, sigma, ids)) / alpha_bar.sqrt()
+    exact = world.denoise(x_t, alpha, sigma, ids)
     assert (denoised - exact).pow(2).mean() <= 0.5 * (exact - x0).pow(2).mean()

@@ -23,6 +23,12 @@ def trainer_for(args: list[str]) -> Trainer:
     return Trainer(build_config([*args, *QUIET]), run=None, progress=False)
 
 
+def unprecondition(trainer: Trainer) -> None:
+    """Put back a cause of the old drift: the analytic fake's correction in plain eps space (data_std -> infinity
+    makes its preconditioning factor 1), where a unit of its jitter costs sigma / alpha in the denoiser."""
+    trainer.unwrapped(trainer.fake).data_std = 1e12
+
+
 def train(trainer: Trainer, steps: int | None = None) -> None:
     """The trainer's own loop body (fake updates, generator update, EMA) without evaluation or checkpoints."""
     for _ in range(steps or trainer.cfg.train.steps):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from bench.backends import build_backend
 from bench.config import RunConfig
-from bench.diffusion import broadcast, dsm_loss
+from bench.diffusion import broadcast, dsm_loss, noised
 from bench.errors import UsageError
 from bench.method import GeneratorBatch
 from bench.provenance import folder_sha256, provenance
@@ -236,10 +236,6 @@ class Trainer:
         return {"z": z[mine].to(self.device), "cond": self.backend.encode(cond[mine]),
                 "t": t[mine].to(self.device), "eps": eps[mine].to(self.device)}
 
-    def noisy(self, x0, t, eps):
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        return alpha, sigma, broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
-
     # -- updates ------------------------------------------------------------------------------------------
 
     def fake_updates(self, count: int) -> dict:
@@ -253,7 +249,7 @@ class Trainer:
         with self.autocast():
             with torch.no_grad():
                 x0 = self.unwrapped(self.generator)(d["z"], d["cond"]).float()
-            alpha, sigma, x_t = self.noisy(x0, d["t"], d["eps"])
+            alpha, sigma, x_t = noised(self.schedule, x0, d["t"], d["eps"])
             loss = dsm_loss(self.fake(x_t, d["t"], alpha, sigma, d["cond"]).float(), d["eps"]).mean()
         return {"loss_fake": loss.detach(), "grad_fake": self.apply(loss, self.fake, self.opt_fake)}
 
@@ -264,7 +260,7 @@ class Trainer:
         data-parallel wrapper would wait for parameter gradients that never come.
         """
         backend, fake = self.backend, self.unwrapped(self.fake)
-        alpha, sigma, x_t = self.noisy(x0, t, eps)
+        alpha, sigma, x_t = noised(self.schedule, x0, t, eps)
         sigma_b = broadcast(sigma, x0)
         return GeneratorBatch(
             x0=x0, x_t=x_t, eps=eps, alpha=broadcast(alpha, x0), sigma=sigma_b,
