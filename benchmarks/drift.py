@@ -149,7 +149,8 @@ def worlds(steps: int, methods: list[str]) -> None:
               f"{r['coverage']:.2f} |", flush=True)
 
 
-# KL-RLHF with nothing to gain, on the smallest world, where it drifted 0.87 nats at its old time: what holds it.
+# KL-RLHF with nothing to gain, on the smallest world, where it drifted 0.87 nats at its old time: what holds it,
+# and what its default of four fake updates a step (its cost) buys.
 KL_TIME_WORLD = "2 modes, s0 0.2, 4 px"
 KL_TIME = [
     ("t 0.005 (the old default)", ["method.t_min=0.005"]),
@@ -157,6 +158,10 @@ KL_TIME = [
     ("  fake_steps 8", ["method.t_min=0.005", "method.fake_steps=8"]),
     ("t 0.01", ["method.t_min=0.01"]),
     ("t 0.02 (the default)", []),
+    ("  fake_steps 2", ["method.fake_steps=2"]),
+    ("  fake_steps 2, lr_fake 2e-3", ["method.fake_steps=2", "train.lr_fake=2e-3"]),
+    ("  fake_steps 1", ["method.fake_steps=1"]),
+    ("  fake_steps 1, lr_fake 3e-3", ["method.fake_steps=1", "train.lr_fake=3e-3"]),
 ]
 
 
