@@ -1,6 +1,7 @@
 """The learned world's acceptance figures, family by family: the teacher's own error, then what methods make of it.
 
     python benchmarks/taught_world.py [--families sd15,pixart_alpha,sdxl] [--steps 200] [--jobs 2]
+    python benchmarks/taught_world.py --guidance [--family sdxl] [--steps 800]
 
 For each family: `bench teach` with its defaults (the teacher's eps error against the exact eps, and its sampler's
 FD to the mixture beside the same solver on the exact eps and the finite-sample floor of exact samples); then on
@@ -8,18 +9,33 @@ that teacher, through the real backend,
   - DI++ with alpha_rew 0 from the denoiser start (DMD2's): FD to the mixture at the start and the end;
   - KL-RLHF with the latent linear reward at alpha_rew 20: reward at the start, the end and p*'s, FD to p*.
 The criteria (issue: a learned world): FD within twice the floor; DI++ at least halves its FD; KL-RLHF's reward
-within 10% of the start-to-p* gap and its FD to p* down by at least 60%. Nothing here is a test.
+within 10% of the start-to-p* gap and its FD to p* down by at least 60%.
+
+With --guidance: the guidance criterion (guidance moves the generator the way and by the amount the closed form gives
+on two overlapping captions). The family is taught a world of two captions of one Gaussian each (s0 1, means 3.47
+apart over 64 latent values), and KL-RLHF with nothing to gain at the single time t 0.2 trains under guidance scales
+1, 3 and 0.5; its caption-0 samples' mean along the line to the other caption is printed beside the closed form (the
+one tests/test_cfg.py holds the analytic backend to), with their spread (the reference's: 1). One fake update a step
+at lr_fake 1e-4, for time: the defaults (four at 1e-3) moved the same way at step 200 (by hand). Nothing here is a
+test.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from world_checks import guided_mean_shift
+
+GUIDED_WORLD = dict(prompts=2, components=1, s0=1.0)
+GUIDED_T = 0.2
 
 
 def train_on(folder: Path, family: str, method: str, alpha: float, steps: int) -> tuple[dict, dict, dict | None]:
@@ -72,13 +88,70 @@ def family_row(family: str, steps: int) -> str:
             f"({change(kl_start['fd_star'], kl_end['fd_star'])}) |")
 
 
+def guided_run(folder: Path, family: str, scale: float, steps: int) -> list[str]:
+    """KL-RLHF at t 0.2 under guidance `scale` on the two-caption world: rows every 200 steps."""
+    from bench.config import build_config
+    from bench.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    trainer = Trainer(build_config([f"backend={family}", f"backend.model={folder}", "reward=linear", "method=kl_rlhf",
+                                    "method.alpha_rew=0", f"method.alpha_cfg={scale}", f"method.t_min={GUIDED_T}",
+                                    "method.fake_steps=1", "train.lr_fake=1e-4", "train.batch_size=32", "threads=1"]),
+                      None, progress=False)
+    backend, world = trainer.backend, trainer.backend.world.reference
+    own, other = world.means[0, 0], world.means[1, 0]
+    direction = (other - own) / (other - own).norm()
+    alpha, sigma = (float(v) for v in backend.schedule.alpha_sigma(torch.tensor(GUIDED_T)))
+    expected = guided_mean_shift(own, other, world.var, alpha, sigma, scale)
+    ids = torch.zeros(1024, dtype=torch.long)
+    z = torch.randn((len(ids), *backend.shape), generator=torch.Generator().manual_seed(99))
+    rows = []
+    for step in range(steps + 1):
+        if step % 200 == 0:
+            with torch.no_grad(), trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
+                x = generator(z, backend.encode(ids)).float().flatten(1)
+            shift = float(((x - own) @ direction).mean())
+            rows.append(f"| {scale:g} | {step} | {shift:+.3f} | {expected:+.3f} | {float(x.std(0).mean()):.3f} |")
+        if step < steps:
+            trainer.step_once()
+    return rows
+
+
+def guidance(family: str, steps: int, jobs: int) -> None:
+    import json
+
+    from bench.teach import TeachConfig, teach
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as root:
+        folder = teach(TeachConfig(family=family, out=str(Path(root) / family), **GUIDED_WORLD), progress=False)
+        report = json.loads((folder / "teacher.json").read_text())
+        at = report["eps_error"]["200"]
+        print(f"{family} teacher on two overlapping captions: eps error at timestep 200 {at['conditional']:.4f} "
+              f"(unconditional {at['unconditional']:.4f}) against the exact eps's mean square "
+              f"{at['exact_mean_square']:.3f}; sampler FD {report['sampler']['fd']:.2f}, exact samples "
+              f"{report['sampler']['fd_exact_samples']:.2f}\n")
+        print("| guidance scale | step | mean shift towards the other caption | closed form | spread |")
+        print("|---|---|---|---|---|")
+        scales = (1.0, 3.0, 0.5)
+        with ProcessPoolExecutor(jobs) as pool:
+            for rows in pool.map(guided_run, [folder] * len(scales), [family] * len(scales), scales,
+                                 [steps] * len(scales)):
+                print("\n".join(rows), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--families", default="sd15,pixart_alpha,sdxl")
-    parser.add_argument("--steps", type=int, default=200, help="training steps of each method on a teacher")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps of each method on a teacher (200; with --guidance 800)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--guidance", action="store_true", help="the guidance criterion instead (see above)")
+    parser.add_argument("--family", default="sdxl", help="the family of --guidance")
     args = parser.parse_args()
-    families = args.families.split(",")
+    if args.guidance:
+        return guidance(args.family, args.steps or 800, args.jobs)
+    families, args.steps = args.families.split(","), args.steps or 200
     print("| family | taught in | teacher's largest eps error | sampler FD: teacher / exact eps / exact samples | "
           f"coverage | DI++ alpha 0, FD to the mixture ({args.steps} steps) | KL-RLHF alpha 20: reward | "
           "KL-RLHF: FD to p* |")

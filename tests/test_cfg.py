@@ -11,7 +11,7 @@ import torch
 import bench.method
 from bench.diffusion import guided
 
-from world_checks import generated, train, trainer_for
+from world_checks import generated, guided_mean_shift, train, trainer_for
 
 SCALES = (0.0, 0.5, 2.5, 8.5)
 # Two captions of one Gaussian each, wide enough (s0 = 1 against means 1.6 apart) to overlap: the guided
@@ -65,18 +65,9 @@ def shift_towards_the_other_caption(trainer) -> float:
 
 
 def guided_optimum_shift(trainer, scale: float, t: float) -> float:
-    """Where KL(q_t || p~_t) is smallest, q_t is the normalised p_c,t^w p_u,t^(1 - w), so the generator's mean
-    along the line between the captions is that density's mean over alpha_t: a one-dimensional integral."""
     reference = trainer.backend.reference
-    means = reference.means[:, 0].double()
-    distance = float((means[1] - means[0]).norm())
-    alpha, sigma = trainer.backend.schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
-    variance = alpha**2 * reference.var + sigma**2
-    u = torch.linspace(-20.0, distance + 20.0, 400_001, dtype=torch.float64)
-    log_conditional = -(u**2) / (2 * variance)
-    log_unconditional = torch.logaddexp(log_conditional, -((u - alpha * distance) ** 2) / (2 * variance))
-    density = torch.softmax(scale * log_conditional + (1 - scale) * log_unconditional, 0)
-    return float((density * u).sum() / alpha)
+    alpha, sigma = (float(v) for v in trainer.backend.schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)))
+    return guided_mean_shift(reference.means[0, 0], reference.means[1, 0], reference.var, alpha, sigma, scale)
 
 
 @pytest.mark.parametrize("scale", [0.5, 3.0])

@@ -29,6 +29,21 @@ def unprecondition(trainer: Trainer) -> None:
     trainer.unwrapped(trainer.fake).data_std = 1e12
 
 
+def guided_mean_shift(own: torch.Tensor, other: torch.Tensor, var: float, alpha: float, sigma: float,
+                      scale: float) -> float:
+    """Where KL-RLHF at time t is smallest under guidance `scale` between two captions of one Gaussian each (means
+    `own` and `other`, variance `var` a value, equal weights), q_t is the normalised p_c,t^w p_u,t^(1 - w); the
+    generator's mean along the unit vector from `own` to `other`, less own's, is that density's mean over alpha_t
+    on the line between the captions (the orthogonal directions cancel): a one-dimensional integral."""
+    distance = float((other.double() - own.double()).norm())
+    variance = alpha**2 * var + sigma**2
+    u = torch.linspace(-20.0, distance + 20.0, 400_001, dtype=torch.float64)
+    log_conditional = -(u**2) / (2 * variance)
+    log_unconditional = torch.logaddexp(log_conditional, -((u - alpha * distance) ** 2) / (2 * variance))
+    density = torch.softmax(scale * log_conditional + (1 - scale) * log_unconditional, 0)
+    return float((density * u).sum() / alpha)
+
+
 def train(trainer: Trainer, steps: int | None = None) -> None:
     """The trainer's own loop body (fake updates, generator update, EMA) without evaluation or checkpoints."""
     for _ in range(steps or trainer.cfg.train.steps):
