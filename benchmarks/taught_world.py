@@ -15,8 +15,9 @@ With --guidance: the guidance criterion (guidance moves the generator the way an
 on two overlapping captions). The family is taught a world of two captions of one Gaussian each (s0 1, means 3.47
 apart over 64 latent values), and KL-RLHF with nothing to gain at the single time t 0.2 trains under guidance scales
 1, 3 and 0.5; its caption-0 samples' mean along the line to the other caption is printed beside the closed form (the
-one tests/test_cfg.py holds the analytic backend to), with their spread (the reference's: 1). One fake update a step
-at lr_fake 1e-4, for time: the defaults (four at 1e-3) moved the same way at step 200 (by hand). Nothing here is a
+one tests/test_cfg.py holds the analytic backend to), with their spread (the reference's: 1), and at the end a check
+of the fake score against a Gaussian fitted to the generator's samples (fake_check). One fake update a step at
+lr_fake 1e-4, for time: the defaults (four at 1e-3) moved the same way at step 200 (by hand). Nothing here is a
 test.
 """
 
@@ -114,7 +115,44 @@ def guided_run(folder: Path, family: str, scale: float, steps: int) -> list[str]
             rows.append(f"| {scale:g} | {step} | {shift:+.3f} | {expected:+.3f} | {float(x.std(0).mean()):.3f} |")
         if step < steps:
             trainer.step_once()
+    error, with_fake, exact = fake_check(trainer, scale, own, direction)
+    rows.append(f"| {scale:g} | {steps}, fake check | fake eps error {error:.0%} of the generator's | "
+                f"pull: {with_fake:+.3f} with the fake, {exact:+.3f} exact | |")
     return rows
+
+
+@torch.no_grad()
+def fake_check(trainer, scale: float, own, direction, n: int = 2048) -> tuple[float, float, float]:
+    """Where the fake score leaves the generator, at t 0.2 on caption 0: its eps error relative to the exact eps of a
+    Gaussian fitted to the generator's samples (its law is one Gaussian-like mode here), and the regulariser's pull
+    E[(s_theta - s_guided)(x_t)] along the line, with the fake's score and the reference's guided one against the
+    Gaussian's score and the world's exact guided one (> 0: gradient descent moves the samples towards the other
+    caption)."""
+    from bench.teach import exact_eps
+
+    backend, world = trainer.backend, trainer.backend.world.reference
+    generator, fake = trainer.unwrapped(trainer.generator), trainer.unwrapped(trainer.fake)
+    ids = torch.zeros(n, dtype=torch.long)
+    cond = backend.encode(ids)
+    rng = torch.Generator().manual_seed(7)
+    x0 = generator(torch.randn((n, *backend.shape), generator=rng), cond).float()
+    flat = x0.flatten(1)
+    mean, cov = flat.mean(0), torch.cov(flat.T)
+    t = torch.full((n,), GUIDED_T)
+    alpha, sigma = backend.schedule.alpha_sigma(t)
+    a, s = float(alpha[0]), float(sigma[0])
+    x_t = a * x0 + s * torch.randn(x0.shape, generator=rng)
+    precision = torch.linalg.inv(a * a * cov + s * s * torch.eye(len(mean)))
+    eps_generator = s * (x_t.flatten(1) - a * mean) @ precision
+    eps_fake = fake(x_t, t, alpha, sigma, cond).float().flatten(1)
+    guided = backend.ref_score(x_t, t, alpha, sigma, None).flatten(1)
+    guided = guided + scale * (backend.ref_score(x_t, t, alpha, sigma, cond).flatten(1) - guided)
+    exact_u, exact_c = (-exact_eps(world, x_t, alpha, sigma, c).flatten(1) / s for c in (None, ids))
+    exact_guided = exact_u + scale * (exact_c - exact_u)
+    error = float((eps_fake - eps_generator).pow(2).mean() / eps_generator.pow(2).mean())
+    with_fake = float(((-eps_fake / s - guided) @ direction).mean())
+    exact = float(((-eps_generator / s - exact_guided) @ direction).mean())
+    return error, -with_fake, -exact
 
 
 def guidance(family: str, steps: int, jobs: int) -> None:
