@@ -33,20 +33,24 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from world_checks import guided_mean_shift
+from world_checks import guided_mean_shift, shift_towards
 
 GUIDED_WORLD = dict(prompts=2, components=1, s0=1.0)
 GUIDED_T = 0.2
 
 
-def train_on(folder: Path, family: str, method: str, alpha: float, steps: int) -> tuple[dict, dict, dict | None]:
-    """Metrics of the EMA generator before and after `steps` updates, and p*'s."""
+def trainer_on(folder: Path, family: str, *settings: str):
+    """A trainer through the family's real backend on a taught folder: latent linear reward, batch 32, one thread."""
     from bench.config import build_config
     from bench.train.trainer import Trainer
 
-    cfg = build_config([f"backend={family}", f"backend.model={folder}", "reward=linear", f"method={method}",
-                        f"method.alpha_rew={alpha}", "train.batch_size=32", "threads=1"])
-    trainer = Trainer(cfg, None, progress=False)
+    return Trainer(build_config([f"backend={family}", f"backend.model={folder}", "reward=linear", "train.batch_size=32",
+                                 "threads=1", *settings]), None, progress=False)
+
+
+def train_on(folder: Path, family: str, method: str, alpha: float, steps: int) -> tuple[dict, dict, dict | None]:
+    """Metrics of the EMA generator before and after `steps` updates, and p*'s."""
+    trainer = trainer_on(folder, family, f"method={method}", f"method.alpha_rew={alpha}")
 
     def measured() -> dict:
         with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
@@ -91,17 +95,11 @@ def family_row(family: str, steps: int) -> str:
 
 def guided_run(folder: Path, family: str, scale: float, steps: int) -> list[str]:
     """KL-RLHF at t 0.2 under guidance `scale` on the two-caption world: rows every 200 steps."""
-    from bench.config import build_config
-    from bench.train.trainer import Trainer
-
     torch.set_num_threads(1)
-    trainer = Trainer(build_config([f"backend={family}", f"backend.model={folder}", "reward=linear", "method=kl_rlhf",
-                                    "method.alpha_rew=0", f"method.alpha_cfg={scale}", f"method.t_min={GUIDED_T}",
-                                    "method.fake_steps=1", "train.lr_fake=1e-4", "train.batch_size=32", "threads=1"]),
-                      None, progress=False)
+    trainer = trainer_on(folder, family, "method=kl_rlhf", "method.alpha_rew=0", f"method.alpha_cfg={scale}",
+                         f"method.t_min={GUIDED_T}", "method.fake_steps=1", "train.lr_fake=1e-4")
     backend, world = trainer.backend, trainer.backend.world.reference
     own, other = world.means[0, 0], world.means[1, 0]
-    direction = (other - own) / (other - own).norm()
     alpha, sigma = (float(v) for v in backend.schedule.alpha_sigma(torch.tensor(GUIDED_T)))
     expected = guided_mean_shift(own, other, world.var, alpha, sigma, scale)
     ids = torch.zeros(1024, dtype=torch.long)
@@ -111,48 +109,44 @@ def guided_run(folder: Path, family: str, scale: float, steps: int) -> list[str]
         if step % 200 == 0:
             with torch.no_grad(), trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
                 x = generator(z, backend.encode(ids)).float().flatten(1)
-            shift = float(((x - own) @ direction).mean())
-            rows.append(f"| {scale:g} | {step} | {shift:+.3f} | {expected:+.3f} | {float(x.std(0).mean()):.3f} |")
+            rows.append(f"| {scale:g} | {step} | {shift_towards(x, own, other):+.3f} | {expected:+.3f} | "
+                        f"{float(x.std(0).mean()):.3f} |")
         if step < steps:
             trainer.step_once()
-    error, with_fake, exact = fake_check(trainer, scale, own, direction)
+    error, with_fake, exact = fake_check(trainer, scale, own, other)
     rows.append(f"| {scale:g} | {steps}, fake check | fake eps error {error:.0%} of the generator's | "
                 f"pull: {with_fake:+.3f} with the fake, {exact:+.3f} exact | |")
     return rows
 
 
 @torch.no_grad()
-def fake_check(trainer, scale: float, own, direction, n: int = 2048) -> tuple[float, float, float]:
-    """Where the fake score leaves the generator, at t 0.2 on caption 0: its eps error relative to the exact eps of a
-    Gaussian fitted to the generator's samples (its law is one Gaussian-like mode here), and the regulariser's pull
-    E[(s_theta - s_guided)(x_t)] along the line, with the fake's score and the reference's guided one against the
-    Gaussian's score and the world's exact guided one (> 0: gradient descent moves the samples towards the other
-    caption)."""
+def fake_check(trainer, scale: float, own, other, n: int = 2048) -> tuple[float, float, float]:
+    """Where the fake score leaves the generator, at t 0.2 on caption 0, read through the regulariser's own batch
+    (trainer.generator_batch): the fake's eps error relative to the exact eps of a Gaussian fitted to the generator's
+    samples (its law is one Gaussian-like mode here), and the pull E[s_guided - s_theta] on x_t along the line, with
+    the fake's score and the reference's guided one, and exact (the Gaussian's score, the world's guided one).
+    > 0: gradient descent moves the samples towards the other caption."""
+    from bench.diffusion import guided
     from bench.teach import exact_eps
 
     backend, world = trainer.backend, trainer.backend.world.reference
-    generator, fake = trainer.unwrapped(trainer.generator), trainer.unwrapped(trainer.fake)
     ids = torch.zeros(n, dtype=torch.long)
-    cond = backend.encode(ids)
     rng = torch.Generator().manual_seed(7)
-    x0 = generator(torch.randn((n, *backend.shape), generator=rng), cond).float()
-    flat = x0.flatten(1)
-    mean, cov = flat.mean(0), torch.cov(flat.T)
-    t = torch.full((n,), GUIDED_T)
-    alpha, sigma = backend.schedule.alpha_sigma(t)
-    a, s = float(alpha[0]), float(sigma[0])
-    x_t = a * x0 + s * torch.randn(x0.shape, generator=rng)
-    precision = torch.linalg.inv(a * a * cov + s * s * torch.eye(len(mean)))
-    eps_generator = s * (x_t.flatten(1) - a * mean) @ precision
-    eps_fake = fake(x_t, t, alpha, sigma, cond).float().flatten(1)
-    guided = backend.ref_score(x_t, t, alpha, sigma, None).flatten(1)
-    guided = guided + scale * (backend.ref_score(x_t, t, alpha, sigma, cond).flatten(1) - guided)
-    exact_u, exact_c = (-exact_eps(world, x_t, alpha, sigma, c).flatten(1) / s for c in (None, ids))
-    exact_guided = exact_u + scale * (exact_c - exact_u)
-    error = float((eps_fake - eps_generator).pow(2).mean() / eps_generator.pow(2).mean())
-    with_fake = float(((-eps_fake / s - guided) @ direction).mean())
-    exact = float(((-eps_generator / s - exact_guided) @ direction).mean())
-    return error, -with_fake, -exact
+    cond = backend.encode(ids)
+    x0 = trainer.unwrapped(trainer.generator)(torch.randn((n, *backend.shape), generator=rng), cond).float()
+    b = trainer.generator_batch(x0, torch.full((n,), GUIDED_T), torch.randn(x0.shape, generator=rng), cond)
+    flat, x_t = x0.flatten(1), b.x_t.flatten(1)
+    a, s = float(b.alpha.flatten()[0]), float(b.sigma.flatten()[0])
+    precision = torch.linalg.inv(a * a * torch.cov(flat.T) + s * s * torch.eye(flat.shape[1]))
+    score_generator = -(x_t - a * flat.mean(0)) @ precision
+    score_fake = b.fake_score(b.x_t).flatten(1)
+    exact_u, exact_c = (-exact_eps(world, b.x_t, b.alpha.flatten(), b.sigma.flatten(), c).flatten(1) / s
+                        for c in (None, ids))
+    error = float((score_fake - score_generator).pow(2).mean() / score_generator.pow(2).mean())
+    direction = (other - own) / (other - own).norm()
+    with_fake = float(((b.ref_score(b.x_t, scale).flatten(1) - score_fake) @ direction).mean())
+    exact = float(((guided(exact_c, exact_u, scale) - score_generator) @ direction).mean())
+    return error, with_fake, exact
 
 
 def guidance(family: str, steps: int, jobs: int) -> None:

@@ -11,7 +11,7 @@ import torch
 import bench.method
 from bench.diffusion import guided
 
-from world_checks import generated, guided_mean_shift, train, trainer_for
+from world_checks import generated, guided_mean_shift, shift_towards, train, trainer_for
 
 SCALES = (0.0, 0.5, 2.5, 8.5)
 # Two captions of one Gaussian each, wide enough (s0 = 1 against means 1.6 apart) to overlap: the guided
@@ -59,9 +59,8 @@ def shift_towards_the_other_caption(trainer) -> float:
     """Mean of caption 0's samples along the unit vector from its mean to caption 1's: > 0 is towards the
     unconditional law's other half, < 0 away from it."""
     means = trainer.backend.reference.means[:, 0]
-    direction = (means[1] - means[0]) / (means[1] - means[0]).norm()
     x, cond = generated(trainer, 4000)
-    return float(((x.flatten(1)[cond == 0] - means[0]) @ direction).mean())
+    return shift_towards(x[cond == 0], means[0], means[1])
 
 
 def guided_optimum_shift(trainer, scale: float, t: float) -> float:

@@ -29,6 +29,13 @@ def unprecondition(trainer: Trainer) -> None:
     trainer.unwrapped(trainer.fake).data_std = 1e12
 
 
+def shift_towards(x: torch.Tensor, own: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean of samples x (of the caption whose mean is `own`) along the unit vector from `own` to `other`, less
+    own's: the coordinate guided_mean_shift gives in closed form."""
+    direction = (other - own) / (other - own).norm()
+    return float(((x.flatten(1) - own) @ direction).mean())
+
+
 def guided_mean_shift(own: torch.Tensor, other: torch.Tensor, var: float, alpha: float, sigma: float,
                       scale: float) -> float:
     """Where KL-RLHF at time t is smallest under guidance `scale` between two captions of one Gaussian each (means
