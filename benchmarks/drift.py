@@ -5,7 +5,7 @@
     python benchmarks/drift.py worlds [--steps 5000]        # every method on the default world and the family
     python benchmarks/drift.py optimum [--steps 1200]       # KL-RLHF's kl_star, start and end, at alpha_rew 5, 20
     python benchmarks/drift.py collapse [--steps 1200]      # kl_star's old floor: the generator's correction from z
-    python benchmarks/drift.py kl_time [--steps 5000]       # KL-RLHF's time: the old 0.005 against faster fakes, 0.02
+    python benchmarks/drift.py kl_time [--steps 5000]       # KL-RLHF's units and time, with more and fewer fake updates
     python benchmarks/drift.py runaway [--steps 5000]       # DI++, DI* default runs (alpha_rew 0.2): precision, folds
     python benchmarks/drift.py gradients [--steps 300]      # each method's generator gradient norm, before the clip
     python benchmarks/drift.py compute [--steps 1500]       # every method: more fake updates, four times the batch
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import math
 import sys
@@ -110,13 +111,13 @@ def build(args: list[str]):
     return trainer
 
 
-def drift(args: list[str], steps: int) -> dict:
+def drift(args: list[str], steps: int, per_caption: int = 16) -> dict:
     trainer = build(args)
-    start = exact_kls(trainer, per_caption=16, ema=False)
+    start = exact_kls(trainer, per_caption=per_caption, ema=False)
     began = time.perf_counter()
     train(trainer, steps)
     seconds = time.perf_counter() - began
-    end = exact_kls(trainer, per_caption=16)
+    end = exact_kls(trainer, per_caption=per_caption)
     metrics, _ = trainer.backend.metrics_of(*generated(trainer, 256), seed=0)
     return {"start": start, "end": end, "precision": metrics["precision"], "coverage": metrics["coverage"],
             "reward": metrics["reward"], "seconds": seconds}
@@ -149,19 +150,19 @@ def worlds(steps: int, methods: list[str]) -> None:
               f"{r['coverage']:.2f} |", flush=True)
 
 
-# KL-RLHF with nothing to gain, on the smallest world, where it drifted 0.87 nats at its old time: what holds it,
-# and what its default of four fake updates a step (its cost) buys.
+# KL-RLHF with nothing to gain, on the smallest world, where it drifted most: its loss in the denoiser's units (the
+# default) against the score's units (w = 1, the old default), each with more and fewer fake updates and at the old
+# time 0.005.
 KL_TIME_WORLD = "2 modes, s0 0.2, 4 px"
+SCORE_UNITS = ["method.weighting=uniform"]
 KL_TIME = [
-    ("t 0.005 (the old default)", ["method.t_min=0.005"]),
-    ("  lr_fake 3e-3", ["method.t_min=0.005", "train.lr_fake=3e-3"]),
-    ("  fake_steps 8", ["method.t_min=0.005", "method.fake_steps=8"]),
-    ("t 0.01", ["method.t_min=0.01"]),
-    ("t 0.02 (the default)", []),
-    ("  fake_steps 2", ["method.fake_steps=2"]),
-    ("  fake_steps 2, lr_fake 2e-3", ["method.fake_steps=2", "train.lr_fake=2e-3"]),
-    ("  fake_steps 1", ["method.fake_steps=1"]),
-    ("  fake_steps 1, lr_fake 3e-3", ["method.fake_steps=1", "train.lr_fake=3e-3"]),
+    ("denoiser's units, 1 fake update (the default)", []),
+    ("  fake_steps 4", ["method.fake_steps=4"]),
+    ("  t 0.005", ["method.t_min=0.005"]),
+    ("score's units, fake_steps 4 (the old default)", [*SCORE_UNITS, "method.fake_steps=4"]),
+    ("  fake_steps 2", [*SCORE_UNITS, "method.fake_steps=2"]),
+    ("  fake_steps 1", SCORE_UNITS),
+    ("  fake_steps 4, t 0.005", [*SCORE_UNITS, "method.fake_steps=4", "method.t_min=0.005"]),
 ]
 
 
@@ -193,7 +194,8 @@ def gradients(steps: int) -> None:
     """The generator's gradient norm before clipping (train.grad_clip 3), alpha_rew 0, the default world: a method
     whose norm is always above the clip steps lr x clip whatever its gradient says."""
     jobs = [("di_pp", ["method=di_pp"]), ("di_star", ["method=di_star"]), ("kl_rlhf", ["method=kl_rlhf"]),
-            ("kl_rlhf at t 0.005", ["method=kl_rlhf", "method.t_min=0.005"])]
+            ("kl_rlhf in the score's units", ["method=kl_rlhf", *SCORE_UNITS]),
+            ("kl_rlhf in the score's units, t 0.005", ["method=kl_rlhf", *SCORE_UNITS, "method.t_min=0.005"])]
     print(f"alpha_rew 0, default world, {steps} steps: generator gradient norm before the clip at 3\n")
     print("| method | median | 10th percentile | 90th percentile |\n|---|---|---|---|")
     for label, norms in run_all(jobs, steps, gradient_norms):
@@ -211,16 +213,16 @@ def runaway(steps: int) -> None:
 
 
 def compute(steps: int, methods: list[str]) -> None:
-    """More compute must never end farther from the reference: each method at its defaults, with more fake-score
-    updates a step (4 for DI++ and DI*, whose default is 1; 8 for KL-RLHF, whose default is 4), and with four times
-    the batch."""
+    """More compute must never end farther from the reference: each method at its defaults, with four fake-score
+    updates a step (the default is one), and with four times the batch."""
     jobs = [(f"{method} | {label}", [f"method={method}", *args]) for method in methods for label, args in (
-        ("default", []), ("more fake updates", [f"method.fake_steps={8 if method == 'kl_rlhf' else 4}"]),
+        ("default", []), ("fake_steps 4", ["method.fake_steps=4"]),
         ("batch 512", ["train.batch_size=512"]))]
-    print(f"alpha_rew 0, default world, {steps} steps: exact KL to the reference (nats)\n")
-    print("| method | compute | KL start | KL end | precision |\n|---|---|---|---|---|")
-    for label, r in run_all(jobs, steps):
-        print(f"| {label} | {r['start']['kl_ref']:.2f} | {r['end']['kl_ref']:.2f} | {r['precision']:.3f} |", flush=True)
+    print(f"alpha_rew 0, default world, {steps} steps: exact KL to the reference (nats, 64 samples a caption)\n")
+    print("| method | compute | KL start | KL end (standard error) | precision |\n|---|---|---|---|---|")
+    for label, r in run_all(jobs, steps, functools.partial(drift, per_caption=64)):
+        print(f"| {label} | {r['start']['kl_ref']:.2f} | {r['end']['kl_ref']:.2f} ({r['end']['kl_ref_se']:.2f}) | "
+              f"{r['precision']:.3f} |", flush=True)
 
 
 def optimum(steps: int) -> None:
@@ -246,7 +248,8 @@ COLLAPSE_WORLD = "3 modes, quadratic, s0 0.08"
 
 
 def collapse(steps: int) -> None:
-    """Where KL-RLHF's kl_star stopped, 1.1 to 1.3 nats on the quadratic s0 0.08 world: the generator's spread
+    """Where KL-RLHF's kl_star stopped in the score's units, 1.1 to 1.3 nats on the quadratic s0 0.08 world, with a
+    generator correcting from the noise alone; now, in the denoiser's units, for both generators: the spread
     within each mode of p*, as eigenvalues of the sample covariance over p*'s variance (the lowest two; exact
     samples give about 0.66 from 2,000 samples in 75 dimensions), and how much of the lowest one's direction lies
     in the span of the caption's mode differences (a random direction: 0.16)."""

@@ -64,7 +64,9 @@ def screenshot(results: Path, out: Path) -> None:
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(3)
-        with tempfile.TemporaryDirectory() as profile, chromium_session("/usr/bin/chromium", profile) as visit:
+        # Chromium may still be writing its profile as it exits: a leftover file must not fail the benchmark.
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile, \
+                chromium_session("/usr/bin/chromium", profile) as visit:
             page = visit(f"http://127.0.0.1:{port}/?page=frontier", ["Reward-divergence frontier"], 1)
             out.write_bytes(page.png)
     finally:

@@ -96,16 +96,16 @@ class GaussianCase:
             total = total + w * kl_gaussians(*gen, *ref)
         return total / len(TIMES)
 
-    def kl_to_diffused_optimum(self, alpha_rew: float):
-        """Mean over the time grid of KL(p_theta,t || p*_t), p* ~ N(m, S) exp(alpha_rew v . x) = N(m + alpha_rew
-        S v, S) diffused to t, in closed form."""
+    def kl_to_diffused_optimum(self, alpha_rew: float, weight):
+        """Mean over the time grid of w(t) KL(p_theta,t || p*_t), p* ~ N(m, S) exp(alpha_rew v . x) = N(m + alpha_rew
+        S v, S) diffused to t, in closed form; `weight(alpha, sigma)`."""
         optimum_mean = self.ref_mean + alpha_rew * self.ref_cov @ self.reward_weights
         total = 0
         for t in TIMES:
             alpha, sigma = VPSchedule().alpha_sigma(torch.tensor(t, dtype=torch.float64))
             gen = self.marginal(alpha, sigma, self.mu, self.chol)
-            total = total + kl_gaussians(*gen, *self.marginal(alpha, sigma, optimum_mean,
-                                                             torch.linalg.cholesky(self.ref_cov)))
+            total = total + weight(alpha, sigma) * kl_gaussians(*gen, *self.marginal(
+                alpha, sigma, optimum_mean, torch.linalg.cholesky(self.ref_cov)))
         return total / len(TIMES)
 
     def grad(self, scalar):

@@ -21,8 +21,8 @@ def test_layers_default_then_preset_then_command_line():
 
 def test_method_defaults_differ_where_the_mathematics_does():
     kl, pp = build_config(["method=kl_rlhf"]).method, build_config(["method=di_pp"]).method
-    assert (kl.time, kl.weighting) == ("point", "uniform")
-    assert (pp.time, pp.weighting) == ("uniform", "denoiser")
+    assert (kl.time, kl.weighting, kl.fake_steps) == ("point", "denoiser", 1)
+    assert (pp.time, pp.weighting, pp.fake_steps) == ("uniform", "denoiser", 1)
 
 
 def test_saved_config_rebuilds_the_same_run():

@@ -49,23 +49,28 @@ def test_ikl_surrogate_gradient_matches_closed_form_integrated_kl(case, weightin
 
 
 def test_kl_rlhf_loss_has_the_gradient_of_the_kl_to_the_diffused_optimum(case):
-    """KL-RLHF's loss at time t, w (s_fake - s~_ref) . x_t - alpha_rew r(D_ref(x_t)), against autograd of the
-    closed-form KL(p_theta,t || p*_t) with p* the reward-tilted reference, at six times far from t = 0.
+    """KL-RLHF's loss at time t, w(t) [(s_fake - s~_ref) . x_t - alpha_rew r(D_ref(x_t))], against autograd of the
+    closed-form w(t) KL(p_theta,t || p*_t) with p* the reward-tilted reference, at six times far from t = 0.
 
-    Scoring r(x0) instead of r(D_ref(x_t)) is the gradient of a different objective, whose optimum tilts by
-    1 + sigma_t^2 / (alpha_t^2 s^2): the second assertion shows it fails here.
+    Two plausible mistakes give the gradient of another objective, and fail here: scoring r(x0) instead of
+    r(D_ref(x_t)) (its optimum tilts by 1 + sigma_t^2 / (alpha_t^2 s^2)), and weighting the regulariser by w(t)
+    but not the reward (its optimum is tilted by alpha_rew / w(t), not alpha_rew).
     """
     tilted = GaussianCase(case.mu.detach(), case.chol.detach(), case.ref_mean, case.ref_cov, SAMPLES,
                           reward=torch.tensor([0.8, -0.4, 0.3], dtype=torch.float64))
     method = KLRLHF(alpha_rew=2.0)
-    exact = tilted.grad(tilted.kl_to_diffused_optimum(method.alpha_rew))
-    batch = tilted.batch(method)
-    surrogate = tilted.grad((method.regulariser(batch) - method.alpha_rew * method.reward_term(batch)).mean())
-    for name, got, want in zip(("mean", "scale"), surrogate, exact, strict=True):
+    exact = tilted.grad(tilted.kl_to_diffused_optimum(method.alpha_rew, CLOSED_FORM_WEIGHTS[method.weighting]))
+
+    def gradient(reward_term):
+        batch = tilted.batch(method)
+        return tilted.grad((method.regulariser(batch) - method.alpha_rew * reward_term(batch)).mean())
+
+    for name, got, want in zip(("mean", "scale"), gradient(method.reward_term), exact, strict=True):
         assert relative_error(got, want) < 0.05, (name, got, want)
-    batch = tilted.batch(method)
-    at_x0 = tilted.grad((method.regulariser(batch) - method.alpha_rew * batch.reward_x0).mean())
+    at_x0 = gradient(lambda b: b.weight * b.reward_x0)
+    unweighted = gradient(lambda b: b.reward(b.denoised(b.x_t, method.alpha_cfg)))
     assert relative_error(at_x0[0], exact[0]) > 0.2
+    assert relative_error(unweighted[0], exact[0]) > 0.1  # the right one: 0.0003
 
 
 def pseudo_huber_divergence(case, method):
@@ -134,3 +139,4 @@ def test_ikl_surrogate_gradient_in_x0_is_alpha_w_score_gap_on_a_real_batch(backe
         fake_x0 = (batch.x_t - batch.sigma * fake_eps.float()) / batch.alpha
         ref_x0 = batch.denoised(batch.x_t, 1.7)
     torch.testing.assert_close(grad, fake_x0 - ref_x0, rtol=1e-4, atol=1e-5 * float(grad.abs().max()))
+
