@@ -235,7 +235,7 @@ def report(summary: dict, run) -> str:
             target = f"{optimum[key]:>15.4g}" if key in optimum else ""
             lines.append(f"  {METRIC_LABELS[key]:<{width}}{summary['initial'][key]:>12.4g}"
                          f"{summary['metrics'][key]:>12.4g}{target}")
-    if optimum and summary["method"] != "kl_rlhf":
+    if optimum and not summary.get("aims_at_p_star", summary["method"] == "kl_rlhf"):
         lines.append(f"  p* ~ p_ref exp(alpha_rew r) is the optimum of KL-RLHF, not of {summary['method']}: distances "
                      "to it say how far from that law a run ends, not how well its own objective is met.")
     lines.append(f"  folder: {run.dir}")

@@ -197,7 +197,10 @@ def estimate(cfg) -> dict:
     counted = count(family, side)
     reward_params, reward = reward_flops(cfg.reward)
     d, v = counted.denoiser_flops, counted.vae_decode_flops
-    scores = 2 + (cfg.method.alpha_cfg != 1)
+    guided = cfg.method.alpha_cfg != 1 or cfg.method.alpha_cfg_max > cfg.method.alpha_cfg
+    # Score networks read with a backward to x_t: the fake and the reference (twice when guided), and the reference
+    # again at each further step of a method's k-step denoise of x_t (DIDR's diffused reward).
+    scores = 2 + guided + (getattr(cfg.method, "denoise_steps", 1) - 1) * (1 + guided)
     text = 2 * TEXT_ENCODERS[family] * counted.text_tokens
     per_image = (cfg.method.fake_steps + 1) * text + cfg.method.fake_steps * 4 * d + 3 * d + scores * 2 * d \
         + 2 * v + 2 * reward
@@ -237,9 +240,12 @@ def estimate(cfg) -> dict:
 
 
 def report(cfg) -> str:
-    if cfg.backend.name not in FAMILIES:
+    if cfg.backend.name == "analytic":
         return ("no estimate for the analytic world: it runs on the CPU in seconds to minutes "
                 "(README, Speed)")
+    if cfg.backend.name not in FAMILIES:
+        return (f"no cost estimate for backend={cfg.backend.name}: its architecture is not counted yet "
+                "(bench/estimate.py)")
     e = estimate(cfg)
     lines = [
         f"cost estimate ({e['family']} at {e['side']} px; FLOPs counted on the released architecture, "

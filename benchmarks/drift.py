@@ -3,7 +3,7 @@
     python benchmarks/drift.py ablation [--steps 1500]      # the README's table: one factor changed at a time
     python benchmarks/drift.py probe                        # the fake score's noise, seen by a frozen generator
     python benchmarks/drift.py worlds [--steps 5000]        # every method on the default world and the family
-    python benchmarks/drift.py optimum [--steps 1200]       # KL-RLHF's kl_star, start and end, at alpha_rew 5, 20
+    python benchmarks/drift.py optimum [--steps 1200]       # KL-RLHF and DIDR: kl_star, start and end, alpha_rew 5, 20
     python benchmarks/drift.py collapse [--steps 1200]      # kl_star's old floor: the generator's correction from z
     python benchmarks/drift.py kl_time [--steps 5000]       # KL-RLHF's units and time, with more and fewer fake updates
     python benchmarks/drift.py runaway [--steps 5000]       # DI++, DI* default runs (alpha_rew 0.2): precision, folds
@@ -193,9 +193,9 @@ def gradient_norms(args: list[str], steps: int) -> list[float]:
 def gradients(steps: int) -> None:
     """The generator's gradient norm before clipping (train.grad_clip 3), alpha_rew 0, the default world: a method
     whose norm is always above the clip steps lr x clip whatever its gradient says."""
-    jobs = [("di_pp", ["method=di_pp"]), ("di_star", ["method=di_star"]), ("kl_rlhf", ["method=kl_rlhf"]),
-            ("kl_rlhf in the score's units", ["method=kl_rlhf", *SCORE_UNITS]),
-            ("kl_rlhf in the score's units, t 0.005", ["method=kl_rlhf", *SCORE_UNITS, "method.t_min=0.005"])]
+    jobs = [(method, [f"method={method}"]) for method in EVERY_METHOD.split(",")] + [
+        ("kl_rlhf in the score's units", ["method=kl_rlhf", *SCORE_UNITS]),
+        ("kl_rlhf in the score's units, t 0.005", ["method=kl_rlhf", *SCORE_UNITS, "method.t_min=0.005"])]
     print(f"alpha_rew 0, default world, {steps} steps: generator gradient norm before the clip at 3\n")
     print("| method | median | 10th percentile | 90th percentile |\n|---|---|---|---|")
     for label, norms in run_all(jobs, steps, gradient_norms):
@@ -225,20 +225,20 @@ def compute(steps: int, methods: list[str]) -> None:
               f"{r['precision']:.3f} |", flush=True)
 
 
-def optimum(steps: int) -> None:
-    """KL-RLHF against its own objective: kl_star = KL(p_theta || p*) at the start and the end, on the default
-    world and the worlds of its family test, at alpha_rew 5 and 20."""
+def optimum(steps: int, methods: list[str]) -> None:
+    """The methods whose optimum is p* (KL-RLHF, DIDR) against their own objective: kl_star = KL(p_theta || p*) at
+    the start and the end, on the default world and the worlds of KL-RLHF's family test, at alpha_rew 5 and 20."""
     from test_kl_rlhf_family import WORLDS as FAMILY
 
     # The last world is in no test: a linear reward at s0 0.12, where p* moves each mode by only 20 s0^2.
     worlds = {"default (linear)": "", **FAMILY,
               "held out: 3 modes, linear, s0 0.12, 6 px": "seed=7 backend.components=3 reward=linear backend.s0=0.12 "
                                                           "backend.image_size=6 backend.prompts=3"}
-    jobs = [(f"{world} | {alpha}", ["method=kl_rlhf", f"method.alpha_rew={alpha}", *args.split()])
-            for world, args in worlds.items() for alpha in (5, 20)]
-    print(f"KL-RLHF, {steps} steps, default settings: exact KL(p_theta || p*) in nats\n")
-    print("| world | alpha_rew | kl_star start | kl_star end | end / start | KL to reference end |\n"
-          "|---|---|---|---|---|---|")
+    jobs = [(f"{world} | {method} | {alpha}", [f"method={method}", f"method.alpha_rew={alpha}", *args.split()])
+            for world, args in worlds.items() for method in methods for alpha in (5, 20)]
+    print(f"{steps} steps, default settings: exact KL(p_theta || p*) in nats\n")
+    print("| world | method | alpha_rew | kl_star start | kl_star end | end / start | KL to reference end |\n"
+          "|---|---|---|---|---|---|---|")
     for label, r in run_all(jobs, steps):
         start, end = r["start"]["kl_star"], r["end"]["kl_star"]
         print(f"| {label} | {start:.2f} | {end:.2f} | {end / start:.2f} | {r['end']['kl_ref']:.2f} |", flush=True)
@@ -335,17 +335,18 @@ def induced_gradient(trainer, n: int = 2048, seed: int = 0) -> torch.Tensor:
     return torch.cat([g.flatten() for g in grads])
 
 
-# Each table: what prints it, its default number of steps, and whether it takes --methods.
+EVERY_METHOD = "di_pp,di_star,kl_rlhf,dmd,didr"
+# Each table: what prints it, its default number of steps, and the methods it runs by default (None: it takes none).
 TABLES = {
-    "ablation": (ablation, 1500, False),
-    "probe": (probe, 600, False),
-    "worlds": (worlds, 5000, True),
-    "optimum": (optimum, 1200, False),
-    "collapse": (collapse, 1200, False),
-    "compute": (compute, 1500, True),
-    "kl_time": (kl_time, 5000, False),
-    "runaway": (runaway, 5000, False),
-    "gradients": (gradients, 300, False),
+    "ablation": (ablation, 1500, None),
+    "probe": (probe, 600, None),
+    "worlds": (worlds, 5000, EVERY_METHOD),
+    "optimum": (optimum, 1200, "kl_rlhf,didr"),
+    "collapse": (collapse, 1200, None),
+    "compute": (compute, 1500, EVERY_METHOD),
+    "kl_time": (kl_time, 5000, None),
+    "runaway": (runaway, 5000, None),
+    "gradients": (gradients, 300, None),
 }
 
 
@@ -353,10 +354,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=TABLES)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--methods", default="di_pp,di_star,kl_rlhf")
+    parser.add_argument("--methods", default=None, help="comma-separated, for the tables that take methods")
     args = parser.parse_args()
-    table, default_steps, takes_methods = TABLES[args.what]
-    table(args.steps or default_steps, *([args.methods.split(",")] if takes_methods else []))
+    table, default_steps, default_methods = TABLES[args.what]
+    methods = [] if default_methods is None else [(args.methods or default_methods).split(",")]
+    table(args.steps or default_steps, *methods)
 
 
 if __name__ == "__main__":

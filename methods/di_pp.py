@@ -14,4 +14,4 @@ class DIpp(Method):
     alpha_rew: float = retune("alpha_rew", 0.2)
 
     def regulariser(self, b: GeneratorBatch):
-        return ikl_surrogate(b, self.alpha_cfg)
+        return ikl_surrogate(b, b.cfg)

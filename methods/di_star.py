@@ -37,7 +37,7 @@ class DIStar(Method):
     def regulariser(self, b: GeneratorBatch):
         inside = self.cfg == "inside"
         s_fake = b.fake_score(b.x_t)
-        s_ref = b.ref_score(b.x_t, self.alpha_cfg if inside else 1.0)
+        s_ref = b.ref_score(b.x_t, b.cfg if inside else 1.0)
         y = s_fake - s_ref
         norm = torch.sqrt(y.pow(2).flatten(1).sum(1) + self.c**2)
         d_prime = y / broadcast(norm, y)
@@ -48,9 +48,9 @@ class DIStar(Method):
             loss = -inner(d_prime.detach(), s_ref - noise_score)
         b.logs["div"] = (norm - self.c).mean().detach()
         loss = b.weight * loss
-        if not inside and self.alpha_cfg != 1:
+        if not inside and b.cfg != 1:
             # sg[s~ - s_c] = (alpha_cfg - 1) sg[s_c - s_u]: the guidance as a DI++-style implicit reward.
             with torch.no_grad():
                 direction = b.ref_cond(b.x_t) - b.ref_uncond(b.x_t)
-            loss = loss - (self.alpha_cfg - 1) * b.weight * inner(direction, b.x_t)
+            loss = loss - (b.cfg - 1) * b.weight * inner(direction, b.x_t)
         return loss

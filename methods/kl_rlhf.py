@@ -25,14 +25,15 @@ The time is the shared t_min, 0.02 (sigma_t 0.077), where the curvature's bias a
 
 from dataclasses import dataclass
 
-from bench.method import GeneratorBatch, retune
+from bench.method import GeneratorBatch, diffused_reward, retune
 from methods.di_pp import DIpp
 
 
 @dataclass
 class KLRLHF(DIpp):
+    aims_at_p_star = True
     alpha_rew: float = retune("alpha_rew", 20.0)
     time: str = retune("time", "point")
 
     def reward_term(self, b: GeneratorBatch):
-        return b.weight * b.reward(b.denoised(b.x_t, self.alpha_cfg))
+        return diffused_reward(b)

@@ -63,14 +63,16 @@ def results(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict:
-    """Tiny random SD1.5, PixArt-alpha and SDXL pipelines and tiny scorer weights, saved to disk once per worker."""
+    """Tiny random SD1.5, PixArt-alpha, SDXL and SD3 pipelines and tiny scorer weights, saved to disk once per
+    worker."""
     from random_weights import write_weights
-    from tiny_pipelines import tiny_pixart, tiny_sd15, tiny_sdxl
+    from tiny_pipelines import tiny_pixart, tiny_sd3, tiny_sd15, tiny_sdxl
 
     root = tmp_path_factory.mktemp("models")
     weights = root / "weights"
     write_weights(weights)
-    return {"sd15": tiny_sd15(root), "pixart_alpha": tiny_pixart(root), "sdxl": tiny_sdxl(root), "weights": weights}
+    return {"sd15": tiny_sd15(root), "pixart_alpha": tiny_pixart(root), "sdxl": tiny_sdxl(root), "sd3": tiny_sd3(root),
+            "weights": weights}
 
 
 def backend_args(tiny_models: dict, backend: str) -> list[str]:

@@ -1,17 +1,22 @@
-"""A Gaussian generator against a Gaussian reference under VP diffusion: every law is Gaussian, so the
-divergences the methods regularise are available in closed form (KL) or by plain autograd through exact
-scores (pseudo-Huber score divergence). The methods' surrogates are checked against them.
+"""A Gaussian generator against a Gaussian reference under a Gaussian path x_t = alpha_t x0 + sigma_t eps (VP
+diffusion or flow matching): every law is Gaussian, so the divergences the methods regularise are available in
+closed form (KL) or by plain autograd through exact scores (pseudo-Huber score divergence). The methods' surrogates
+are checked against them, on both paths: nothing in a method may depend on which one it is given.
 """
 
 from __future__ import annotations
 
 import torch
 
-from bench.diffusion import VPSchedule, broadcast
+from bench.diffusion import FlowSchedule, VPSchedule, broadcast
 from bench.method import GeneratorBatch
 
 DIM = 3
 TIMES = (0.05, 0.15, 0.3, 0.5, 0.7, 0.9)
+
+
+# The two instances of the Gaussian path the core is written for; flow matching with SD3's shift.
+SCHEDULES = {"vp": VPSchedule(), "flow": FlowSchedule(shift=3.0)}
 
 
 def gaussian_score(x, mean, cov):
@@ -31,7 +36,9 @@ class GaussianCase:
     """Generator x0 = mu + L z; reference N(m, S); reward r(x) = v . x (v = 0 unless given). Parameters mu
     and L carry gradients."""
 
-    def __init__(self, mu, chol, ref_mean, ref_cov, samples_per_time: int, seed: int = 0, reward=None):
+    def __init__(self, mu, chol, ref_mean, ref_cov, samples_per_time: int, seed: int = 0, reward=None,
+                 schedule=SCHEDULES["vp"]):
+        self.schedule = schedule
         self.mu = mu.clone().requires_grad_(True)
         self.chol = chol.clone().requires_grad_(True)
         self.ref_mean, self.ref_cov = ref_mean, ref_cov
@@ -41,8 +48,11 @@ class GaussianCase:
         self.t = torch.tensor(TIMES).repeat_interleave(samples_per_time)
         self.z = torch.randn(n, DIM, generator=gen, dtype=torch.float64)
         self.eps = torch.randn(n, DIM, generator=gen, dtype=torch.float64)
-        alpha, sigma = VPSchedule().alpha_sigma(self.t.double())
+        alpha, sigma = self.noise_level(self.t)
         self.alpha, self.sigma = alpha, sigma
+
+    def noise_level(self, t):
+        return self.schedule.alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
 
     def params(self):
         return [self.mu, self.chol]
@@ -73,15 +83,23 @@ class GaussianCase:
                                               a**2 * self.ref_cov + s**2 * torch.eye(DIM, dtype=torch.float64))
         )
 
+    def ref_score_at(self, x, t):
+        """The reference's score at per-sample times t (any times, not only the grid's)."""
+        alpha, sigma = (broadcast(v, x) for v in self.noise_level(t))
+        # N(alpha m, alpha^2 S + sigma^2 I), solved sample by sample since each has its own time.
+        cov = alpha.unsqueeze(-1) ** 2 * self.ref_cov + sigma.unsqueeze(-1) ** 2 * torch.eye(DIM, dtype=torch.float64)
+        return -torch.linalg.solve(cov, (x - alpha * self.ref_mean).unsqueeze(-1)).squeeze(-1)
+
     def batch(self, method) -> GeneratorBatch:
         """What the trainer would hand the method, with the exact generator score as the fake score."""
         x0, x_t = self.x_t()
         return GeneratorBatch(
-            x0=x0, x_t=x_t, eps=self.eps,
+            x0=x0, x_t=x_t, eps=self.eps, t=self.t.double(),
             alpha=broadcast(self.alpha, x0), sigma=broadcast(self.sigma, x0),
-            weight=method.weight(self.alpha, self.sigma),
+            weight=method.weight(self.alpha, self.sigma), cfg=method.alpha_cfg,
             fake_score=lambda x: self.generator_score(x, frozen=True),
             ref_cond=self.ref_score, ref_uncond=self.ref_score,
+            ref_at=lambda x, t, conditional: self.ref_score_at(x, t), noise_level=self.noise_level,
             reward=lambda x: x @ self.reward_weights,
         )
 
@@ -89,7 +107,7 @@ class GaussianCase:
         """Mean over the time grid of w(t) KL(p_theta,t || p_ref,t), in closed form; `weight(alpha, sigma)`."""
         total = 0
         for t in TIMES:
-            alpha, sigma = VPSchedule().alpha_sigma(torch.tensor(t, dtype=torch.float64))
+            alpha, sigma = self.noise_level(t)
             w = weight(alpha, sigma)
             gen = self.marginal(alpha, sigma, self.mu, self.chol)
             ref = self.marginal(alpha, sigma, self.ref_mean, torch.linalg.cholesky(self.ref_cov))
@@ -102,7 +120,7 @@ class GaussianCase:
         optimum_mean = self.ref_mean + alpha_rew * self.ref_cov @ self.reward_weights
         total = 0
         for t in TIMES:
-            alpha, sigma = VPSchedule().alpha_sigma(torch.tensor(t, dtype=torch.float64))
+            alpha, sigma = self.noise_level(t)
             gen = self.marginal(alpha, sigma, self.mu, self.chol)
             total = total + weight(alpha, sigma) * kl_gaussians(*gen, *self.marginal(
                 alpha, sigma, optimum_mean, torch.linalg.cholesky(self.ref_cov)))

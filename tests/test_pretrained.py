@@ -1,5 +1,5 @@
-"""The diffusers backends on tiny random SD1.5 and PixArt-alpha pipelines: training, resume, data parallelism,
-export, and the messages a user sees when a model is missing."""
+"""The diffusers backends on tiny random SD1.5, PixArt-alpha, SDXL and SD3 pipelines: training, resume, data
+parallelism, export, and the messages a user sees when a model is missing."""
 
 import json
 import subprocess
@@ -16,7 +16,7 @@ from bench.train.trainer import GENERATOR_PHASE, Trainer
 
 from conftest import ROOT, backend_args, bench_env
 
-BACKENDS = ["sd15", "pixart_alpha", "sdxl"]
+BACKENDS = ["sd15", "pixart_alpha", "sdxl", "sd3"]
 
 
 def snapshot(module) -> dict:
@@ -111,7 +111,7 @@ def test_lora_trains_only_the_adapters(tiny_models, backend):
         assert moved and all("lora_" in key for key in moved), moved
 
 
-@pytest.mark.parametrize("backend", ["sd15", "sdxl"])
+@pytest.mark.parametrize("backend", ["sd15", "sdxl", "sd3"])
 def test_resume_gives_the_state_of_an_uninterrupted_run(tiny_models, tmp_path, backend):
     args = [*backend_args(tiny_models, backend), "train.steps=4", "train.ckpt_every=2", "train.eval_every=3",
             "eval.grid=false"]
@@ -165,7 +165,7 @@ def launch(tiny_models, results, processes: int, backend: str):
     return json.loads(row["summary"]), Store(results).get(row["id"])
 
 
-@pytest.mark.parametrize("backend", ["sd15", "sdxl"])
+@pytest.mark.parametrize("backend", ["sd15", "sdxl", "sd3"])
 def test_two_process_accelerate_launch_keeps_replicas_identical_and_the_global_batch(tiny_models, tmp_path, backend):
     two, run_two = launch(tiny_models, tmp_path / "two", 2, backend)
     one, run_one = launch(tiny_models, tmp_path / "one", 1, backend)
@@ -178,7 +178,8 @@ def test_two_process_accelerate_launch_keeps_replicas_identical_and_the_global_b
 
     a = load_file(run_two.checkpoint_dir / "model.safetensors")
     b = load_file(run_one.checkpoint_dir / "model.safetensors")
-    start = load_file(tiny_models[backend] / "unet" / "diffusion_pytorch_model.safetensors")
+    denoiser = "transformer" if backend == "sd3" else "unet"
+    start = load_file(tiny_models[backend] / denoiser / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
@@ -218,12 +219,17 @@ def test_export_reloads_with_from_pretrained_and_samples_the_generator_in_one_st
     ("sdxl", ["backend.init=someone/dmd2"], "one-step model someone/dmd2 is not in the Hugging Face cache"),
     ("sdxl", ["backend.init=SD15"], "is a UNet2DConditionModel of another shape than the reference's"),
     ("sdxl", ["backend.init=SD15_UNET_FILE"], "does not hold weights of the reference's UNet2DConditionModel"),
+    ("sd3", ["backend.model=SD15"], "is a StableDiffusionPipeline, which has no transformer; backend=sd3 needs a "
+                                    "StableDiffusion3Pipeline"),
+    ("sd3", ["backend.t_init=1001"], "backend.t_init must be at most 1000"),
+    ("sdxl", ["backend.model=SD3"], "is a StableDiffusion3Pipeline, which has no unet; backend=sdxl needs a "
+                                    "StableDiffusionXLPipeline"),
 ])
 def test_missing_models_and_wrong_rewards_give_one_clear_line(tiny_models, results, backend, args, message, capsys,
                                                               hub_unreachable):
     sd15 = tiny_models["sd15"]
     args = [a.replace("SD15_UNET_FILE", str(sd15 / "unet" / "diffusion_pytorch_model.safetensors"))
-            .replace("SD15", str(sd15)) for a in args]
+            .replace("SD15", str(sd15)).replace("SD3", str(tiny_models["sd3"])) for a in args]
     base = backend_args(tiny_models, backend)
     for arg in args:
         base = without(base, arg.partition("=")[0])
@@ -317,3 +323,36 @@ def test_sdxl_drops_text_as_zeros_and_conditions_on_pooled_embeddings_and_size(t
             "text_embeds": cond.pooled, "time_ids": torch.tensor([[side, side, 0, 0, side, side]])}).sample
     assert not torch.allclose(base, other_pooled)
     torch.testing.assert_close(base, pipe_eps)  # the pipeline's time ids for a square at our size, uncropped
+
+
+def test_sd3_reads_its_velocity_as_the_flows_own_euler_step_and_runs_without_t5(tiny_models):
+    """SD3's transformer predicts v = eps - x0 on x_t = (1 - s) x0 + s eps. The reference's Tweedie x0, read through
+    the eps the backend makes of v, must be where the pipeline's own scheduler steps x_t to at sigma 0: x_t - s v.
+    The other sign convention (v = x0 - eps) or an eps read as if the path were VP fails. Without T5 (backend.t5=
+    false) the text states are the CLIPs' beside zeros, as the pipeline makes them."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    trainer = trainer_for(tiny_models, "sd3", "method.alpha_cfg=1")
+    d = trainer.draw(GENERATOR_PHASE)
+    x0 = trainer.generator(d["z"], d["cond"]).detach()
+    batch = trainer.generator_batch(x0, d["t"], d["eps"], d["cond"])
+    b = trainer.backend
+    # Unshifted, so that the sigma it is given is the batch's s itself (the batch's times already carry the shift).
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(b.pipe.scheduler.config, shift=1.0)
+    with torch.no_grad():
+        tweedie = batch.denoised(batch.x_t, 1.0)
+        for i in range(len(x0)):
+            s = float(batch.sigma.flatten()[i])
+            scheduler.set_timesteps(sigmas=[s], device="cpu")
+            timestep = scheduler.timesteps[:1]
+            v = b.call_denoiser(b.reference_net, batch.x_t[i:i + 1], timestep, type(d["cond"])(
+                *(field[i:i + 1] for field in d["cond"])))
+            stepped = scheduler.step(v, timestep[0], batch.x_t[i:i + 1]).prev_sample
+            torch.testing.assert_close(tweedie[i:i + 1], stepped, rtol=1e-4, atol=1e-5)
+    assert float(batch.alpha.flatten()[0] ** 2 + batch.sigma.flatten()[0] ** 2) < 0.999  # not a VP path
+
+    no_t5 = trainer_for(tiny_models, "sd3", "backend.t5=false").backend
+    assert no_t5.pipe.text_encoder_3 is None
+    cond, full = no_t5.encode(torch.tensor([0])), b.encode(torch.tensor([0]))
+    torch.testing.assert_close(cond.embeds[:, :77], full.embeds[:, :77])  # the CLIPs' 77 rows, padded to T5's width
+    assert torch.count_nonzero(cond.embeds[:, 77:]) == 0 and torch.count_nonzero(full.embeds[:, 77:]) > 0

@@ -10,7 +10,9 @@ from bench.cli import main
 from bench.config import PRESET_DIR, build_config
 from bench.estimate import GPUS, count, estimate
 
-RECIPES = sorted(p.stem for p in PRESET_DIR.glob("di_*.yaml"))
+# Our own presets (no paper's recipe): the rest must source every value.
+OURS = ("distill", "smoke", "wide16")
+RECIPES = sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem not in OURS)
 
 
 @pytest.fixture(autouse=True)
@@ -19,7 +21,8 @@ def no_hub(hub_unreachable):
 
 
 def test_the_papers_recipes_are_all_there():
-    assert RECIPES == ["di_pp_pixart", "di_pp_sd15", "di_star_pixart", "di_star_sd15", "di_star_sdxl"]
+    assert RECIPES == ["di_pp_pixart", "di_pp_sd15", "di_star_pixart", "di_star_sd15", "di_star_sdxl", "didr_sdxl",
+                       "dmdr_sdxl"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -42,6 +45,16 @@ def test_di_star_sdxl_is_post_trained_from_dmd2_at_its_own_timestep_with_the_map
     assert cfg.backend.init == "tianweiy/DMD2/dmd2_sdxl_1step_unet_fp16.bin" and cfg.backend.t_init == 399
     assert cfg.method.alpha_cfg == 8.5  # DI*'s 7.5 in s_c + w (s_c - s_u) is 1 + 7.5 in s_u + w (s_c - s_u)
     assert cfg.backend.resolution == 1024
+
+
+def test_dmdr_sdxl_shapes_its_rewards_as_dmdr_does():
+    """Two hinge-shaped rewards, a cold start and a guidance range, on DMD's own gradient."""
+    from bench.rewards import parse_reward
+
+    cfg = build_config(["preset=dmdr_sdxl"])
+    assert cfg.method.name == "dmd" and cfg.method.cold_start > 0 and cfg.method.alpha_cfg_max > cfg.method.alpha_cfg
+    terms = parse_reward(cfg.reward, ("hpsv2.1", "clip_score"))
+    assert set(terms) == {"hpsv2.1", "clip_score"} and all(term.margin is not None for term in terms.values())
 
 
 def test_a_prompt_encoding_costs_two_flops_a_parameter_a_token():

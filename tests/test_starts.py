@@ -64,11 +64,20 @@ def drift(method: str, *args: str, steps: int = 400, preconditioned: bool = True
     return start, exact_kls(trainer)["kl_ref"], trainer.backend.metrics_of(x, cond, seed=0)[0]
 
 
-@pytest.mark.parametrize("method", ["di_pp", "di_star", "kl_rlhf"])
+@pytest.mark.parametrize("method", ["di_pp", "di_star", "kl_rlhf", "dmd", "didr"])
 def test_without_reward_the_reference_is_a_fixed_point_of_training(method):
     """Starting at the reference with alpha_rew = 0 and alpha_cfg = 1, every method stays there: the exact KL to
     the reference within 0.5 nats of its start, coverage and precision of exact reference samples."""
     start, end, metrics = drift(method)
+    assert end - start < 0.5, (start, end)
+    assert metrics["coverage"] == 1 and metrics["precision"] > 0.97
+
+
+@pytest.mark.parametrize("method", ["di_pp", "dmd"])
+def test_on_a_flow_matching_path_the_reference_is_still_a_fixed_point(method):
+    """The same check on x_t = (1 - s) x0 + s eps with SD3's shift 3, where alpha_t^2 + sigma_t^2 < 1: the trainer,
+    the fake score and the methods read the path only through (alpha_t, sigma_t)."""
+    start, end, metrics = drift(method, "backend.path=flow", "backend.shift=3")
     assert end - start < 0.5, (start, end)
     assert metrics["coverage"] == 1 and metrics["precision"] > 0.97
 

@@ -90,3 +90,42 @@ def tiny_sdxl(folder: Path, seed: int = 0) -> Path:
                                      force_zeros_for_empty_prompt=True)
     pipe.save_pretrained(folder / "sdxl")
     return folder / "sdxl"
+
+
+def tiny_sd3(folder: Path, seed: int = 0) -> Path:
+    """StableDiffusion3Pipeline: an MMDiT (SD3Transformer2DModel) predicting the flow's velocity, on two CLIP
+    encoders with projections (pooled outputs side by side) and a T5 encoder, 16-channel latents of an AutoencoderKL
+    with SD3's scaling and shift, and the flow-matching scheduler with SD3's shift 3."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    width, pooled, joint = 8, 8, 32
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                        attention_head_dim=4, num_attention_heads=2, joint_attention_dim=joint,
+                                        caption_projection_dim=8, pooled_projection_dim=2 * pooled,
+                                        pos_embed_max_size=16)
+    vae = AutoencoderKL(block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=16,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=2, sample_size=32, scaling_factor=1.5305, shift_factor=0.0609,
+                        use_quant_conv=False, use_post_quant_conv=False)
+    text = dict(vocab_size=54, hidden_size=width, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=77, bos_token_id=52, eos_token_id=53, pad_token_id=53, projection_dim=pooled)
+    encoder, encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text)), CLIPTextModelWithProjection(
+        CLIPTextConfig(**text))
+    clip_vocabulary(folder / "tok")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tok", model_max_length=77)
+    encoder_3 = T5EncoderModel(T5Config(vocab_size=32, d_model=joint, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                        pad_token_id=0, eos_token_id=1))
+    tokenizer_3 = t5_tokenizer(folder / "t5tok")
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=encoder,
+                                    tokenizer=tokenizer, text_encoder_2=encoder_2, tokenizer_2=tokenizer,
+                                    text_encoder_3=encoder_3, tokenizer_3=tokenizer_3)
+    pipe.save_pretrained(folder / "sd3")
+    return folder / "sd3"

@@ -15,6 +15,7 @@ BACKENDS = {
     "sd15": "bench.backends.pretrained:SD15Backend",
     "pixart_alpha": "bench.backends.pretrained:PixArtAlphaBackend",
     "sdxl": "bench.backends.pretrained:SDXLBackend",
+    "sd3": "bench.backends.pretrained:SD3Backend",
 }
 
 

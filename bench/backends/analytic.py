@@ -20,7 +20,7 @@ from torch.func import jacfwd, vmap
 from bench.analytic.metrics import generator_log_density, log_prob_clean
 from bench.analytic.mixture import GaussianMixture
 from bench.analytic.world import ExactWorld, picture_mixture
-from bench.diffusion import VPSchedule, broadcast, image_noise, probability_flow
+from bench.diffusion import FlowSchedule, VPSchedule, broadcast, image_noise, probability_flow
 from bench.fields import param
 from bench.rewards.analytic import build_reward
 
@@ -80,7 +80,7 @@ class Generator(nn.Module):
     mass between modes that lie many standard deviations apart, so a generator keeps the weights it starts with.
     """
 
-    def __init__(self, reference: GaussianMixture, schedule: VPSchedule, init: str, t_init: float, shape,
+    def __init__(self, reference: GaussianMixture, schedule, init: str, t_init: float, shape,
                  hidden: int):
         super().__init__()
         self.reference, self.schedule, self.init = reference, schedule, init
@@ -166,6 +166,9 @@ class AnalyticConfig:
                       choices=("ode", "denoiser"))
     t_init: float = param(0.25, "time at which the reference's denoiser reads the noise (init=denoiser)", gt=0, lt=1)
     hidden: int = param(256, "hidden width of the generator and fake-score networks", ge=8)
+    path: str = param("vp", "the diffusion's Gaussian path: vp (alpha^2 + sigma^2 = 1, SD1.5/SDXL/PixArt) or flow "
+                      "(flow matching, alpha = 1 - s and sigma = s, SD3)", choices=("vp", "flow"))
+    shift: float = param(1.0, "flow matching's timestep shift (SD3: 3); path=flow only", gt=0, le=100)
 
 
 class AnalyticBackend:
@@ -177,7 +180,7 @@ class AnalyticBackend:
         self.shape = (3, world.image_size, world.image_size)
         self.captions, self.reference = picture_mixture(world.prompts, world.components, world.image_size, 3,
                                                         world.s0, world.skew)
-        self.schedule = VPSchedule()
+        self.schedule = FlowSchedule(world.shift) if world.path == "flow" else VPSchedule()
         self.reward = build_reward(cfg.reward, self.captions, self.shape, cfg.weights or None)
         self.world = ExactWorld(self.reference, self.captions, self.reward, self.reward.quadratic_form(),
                                 cfg.eval.target_alpha_rew or cfg.method.alpha_rew)

@@ -1,19 +1,23 @@
-"""Backends on real pretrained text-to-image diffusion pipelines: SD1.5, PixArt-alpha and SDXL, by hub id or folder.
+"""Backends on real pretrained text-to-image diffusion pipelines: SD1.5, PixArt-alpha, SDXL and SD3 / 3.5, by hub id
+or folder.
 
-Every network is a denoiser of the reference's architecture (epsilon prediction):
+Every network is a denoiser of the reference's architecture: an eps prediction on a VP path (SD1.5, PixArt, SDXL),
+or a velocity v = eps - x0 on flow matching's path x_t = (1 - s) x0 + s eps (SD3), read as eps = x_t + alpha_t v,
+so that the trainer and the methods see one kind of network on any Gaussian path:
 
     reference  frozen; the prompt's and the unconditional embeddings give classifier-free guidance
-    generator  a one-step model: x0 = (z - sigma_init eps(z; t_init, c)) / alpha_init, a denoiser's guess from pure
-               noise read at timestep t_init. The denoiser is the reference's own (as DMD2 and SiD start from their
-               teacher), or an existing one-step model (`backend.init`), as DI* post-trained DMD2's one-step SDXL
+    generator  a one-step model: the denoiser's x0 from pure noise z read at timestep t_init,
+               (z - sigma_init eps) / alpha_init, or z - s_init v for a flow model (defined at s_init = 1 too). The
+               denoiser is the reference's own (as DMD2 and SiD start from their teacher), or an existing one-step
+               model (`backend.init`), as DI* post-trained DMD2's one-step SDXL
     fake       a copy of the reference, trained by denoising score matching on the generator's samples
 
 Each trained copy is fully fine-tuned, or is a frozen copy carrying a LoRA adapter (peft) that starts at zero.
 The method's times t in (0, 1) map to the reference's own discrete timesteps, so x_t is always a noisy latent
 the reference was trained on. Rewards see VAE-decoded pixels, with the gradient through decoder and reward.
 
-A family (SD15Backend, PixArtAlphaBackend, SDXLBackend) only says how its denoiser is called and how its prompts
-are encoded.
+A family (SD15Backend, PixArtAlphaBackend, SDXLBackend, SD3Backend) only says how its denoiser is called, how its
+prompts are encoded, and whether it is a flow model.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch import Tensor, nn
 
 from bench.analytic.world import ExactWorld, load_mixture
 from bench.backends.diffusers_io import load_pipeline, pipeline_folder
-from bench.diffusion import DiscreteSchedule, image_noise, inner
+from bench.diffusion import DiscreteSchedule, FlowSchedule, broadcast, image_noise, inner
 from bench.errors import UsageError
 from bench.fields import param
 from bench.prompts import PromptSet, load_prompt_set
@@ -82,22 +86,25 @@ class EpsNetwork(nn.Module):
         self.net = net
         self.call, self.schedule = backend.call_denoiser, backend.schedule
 
+        self.as_eps = backend.as_eps
+
     def forward(self, x_t: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor, cond: TextCondition) -> Tensor:
-        return self.call(self.net, x_t, self.schedule.timestep(t), cond)
+        return self.as_eps(self.call(self.net, x_t, self.schedule.timestep(t), cond), x_t, alpha)
 
 
 class OneStepGenerator(nn.Module):
-    """x0 = (z - sigma_init eps(z; t_init, c)) / alpha_init: what the exported pipeline's one DDIM step computes."""
+    """The denoiser's x0 from z read at timestep t_init: what the exported pipeline's one step computes."""
 
     def __init__(self, net: nn.Module, backend: PretrainedBackend, t_init: int):
         super().__init__()
-        self.net, self.call, self.t_init = net, backend.call_denoiser, t_init
-        alpha_bar = backend.schedule.alphas_cumprod[t_init]
-        self.alpha, self.sigma = float(alpha_bar.sqrt()), float((1 - alpha_bar).sqrt())
+        self.net, self.call, self.t_init, self.flow = net, backend.call_denoiser, t_init, backend.flow
+        self.alpha, self.sigma = backend.schedule.at_timestep(t_init)
 
     def forward(self, z: Tensor, cond: TextCondition) -> Tensor:
-        timestep = torch.full((len(z),), self.t_init, device=z.device, dtype=torch.long)
-        return (z - self.sigma * self.call(self.net, z, timestep, cond).float()) / self.alpha
+        timestep = torch.full((len(z),), self.t_init, device=z.device, dtype=torch.float32 if self.flow else torch.long)
+        out = self.call(self.net, z, timestep, cond).float()
+        # The flow form needs no division by alpha, which is 0 at s_init = 1, where flow models start from.
+        return z - self.sigma * out if self.flow else (z - self.sigma * out) / self.alpha
 
 
 def trainable_copy(net: nn.Module, lora_rank: int) -> nn.Module:
@@ -133,17 +140,13 @@ class PretrainedBackend:
         settings = cfg.backend
         self.settings, self.device = settings, device
         folder = pipeline_folder(settings.model)
-        self.pipe = pipe = load_pipeline(folder)
+        self.pipe = pipe = load_pipeline(folder, **self.load_options())
         pipe.set_progress_bar_config(disable=True)
         missing = [name for name in self.components if getattr(pipe, name, None) is None]
         if missing:
             raise UsageError(f"{settings.model} is a {type(pipe).__name__}, which has no {missing[0]}; "
                              f"backend={settings.name} needs a {self.pipeline_name}")
-        prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
-        if prediction != "epsilon":
-            raise UsageError(f"{settings.model} predicts {prediction}; backend={settings.name} needs an "
-                             "epsilon-prediction model")
-        self.schedule = DiscreteSchedule(pipe.scheduler.alphas_cumprod, device)
+        self.schedule = self.schedule_of(pipe.scheduler)
         self.reference_net = getattr(pipe, self.denoiser)
         for name in ("vae", *self.components):
             getattr(pipe, name).requires_grad_(False).eval().to(device)
@@ -187,6 +190,11 @@ class PretrainedBackend:
 
     pipeline_name: ClassVar[str]
     components: ClassVar[tuple[str, ...]]  # the pipeline's denoiser and text encoders
+    flow: ClassVar[bool] = False  # a flow-matching model (velocity prediction) rather than a VP eps-predictor
+
+    def load_options(self) -> dict:
+        """Keyword arguments of the pipeline's from_pretrained (a family may leave a component out)."""
+        return {}
 
     def call_denoiser(self, net, x: Tensor, timestep: Tensor, cond: TextCondition) -> Tensor:
         raise NotImplementedError
@@ -198,6 +206,24 @@ class PretrainedBackend:
     def unconditional(self) -> TextCondition:
         """The condition of the unconditional score: the empty prompt, as the family was trained to drop text."""
         return self.encode(torch.zeros(1, dtype=torch.long), texts=[""])
+
+    def schedule_of(self, scheduler):
+        """The model's noise levels from its scheduler: alphas_cumprod for an eps-predictor, the flow's shift."""
+        settings, config = self.settings, scheduler.config
+        if self.flow:
+            if "shift" not in config or config.get("use_dynamic_shifting"):
+                raise UsageError(f"{settings.model} has a {type(scheduler).__name__}; backend={settings.name} needs "
+                                 "FlowMatchEulerDiscreteScheduler with a fixed shift (use_dynamic_shifting false)")
+            return FlowSchedule(float(config["shift"]), int(config["num_train_timesteps"]))
+        prediction = config.get("prediction_type", "epsilon")
+        if prediction != "epsilon" or not hasattr(scheduler, "alphas_cumprod"):
+            raise UsageError(f"{settings.model} predicts {prediction if prediction != 'epsilon' else 'a flow'}; "
+                             f"backend={settings.name} needs an epsilon-prediction model")
+        return DiscreteSchedule(scheduler.alphas_cumprod, self.device)
+
+    def as_eps(self, out: Tensor, x_t: Tensor, alpha: Tensor) -> Tensor:
+        """The network's output as eps: itself, or from a velocity v = eps - x0, eps = x_t + alpha_t v."""
+        return x_t + broadcast(alpha, x_t) * out if self.flow else out
 
     # -- the backend seam ---------------------------------------------------------------------------------
 
@@ -226,7 +252,8 @@ class PretrainedBackend:
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> pixels in [0, 1], differentiably."""
         vae = self.pipe.vae
-        images = vae.decode(latents / vae.config.scaling_factor).sample.float()
+        # SD3's VAE also centres its latents (shift_factor); the others have none.
+        images = vae.decode(latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0)).sample.float()
         return ((images + 1) / 2).clamp(0, 1)
 
     def reward(self, latents: Tensor, cond: TextCondition) -> Tensor:
@@ -316,34 +343,43 @@ class PretrainedBackend:
     # -- export -------------------------------------------------------------------------------------------
 
     def export(self, generator: OneStepGenerator, folder: Path, info: dict) -> Path:
-        """The generator as a standard diffusers pipeline that samples in one step.
-
-        Its scheduler is DDIM on the reference's own noise schedule cut at t_init (num_train_timesteps =
-        t_init + 1, the same betas), "trailing" spacing and alpha_0 = 1: one inference step runs exactly
-        timestep t_init on unit noise and returns that step's x0 prediction, which is the generator's output.
-        (A steps_offset of t_init would say the same, but StableDiffusionPipeline resets steps_offset to 1.)
-        Sample with `pipe(prompt, num_inference_steps=1, guidance_scale=1.0)`: the guidance is already inside.
-        """
-        from diffusers import DDIMScheduler
-
+        """The generator as a standard diffusers pipeline that samples in one step (`one_step_scheduler`).
+        Sample with `pipe(prompt, num_inference_steps=1, guidance_scale=1.0)`: the guidance is already inside."""
         from bench.store.files import atomic_write_json, replace_folder
 
-        t_init = generator.t_init
-        betas = self.pipe.scheduler.betas[: t_init + 1]
-        scheduler = DDIMScheduler.from_config(
-            self.pipe.scheduler.config, num_train_timesteps=t_init + 1, trained_betas=betas.tolist(),
-            timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=1, clip_sample=False,
-            thresholding=False, prediction_type="epsilon")
+        scheduler, call = self.one_step_scheduler(generator.t_init)
         net = merged(generator.net, self.generator_start).to(torch.float32)
         pipe = type(self.pipe)(**{**self.pipe.components, self.denoiser: net, "scheduler": scheduler})
         partial = folder.with_name(f".{folder.name}.saving")
         pipe.save_pretrained(partial, safe_serialization=True)
         atomic_write_json(partial / "one_step.json", {
-            **info, "num_inference_steps": 1, "timestep": t_init, "guidance_scale": 1.0,
-            "scheduler": f"DDIMScheduler on the reference's betas cut at t_init={t_init}, trailing spacing",
-            "reference": self.settings.model, "resolution": self.resolution})
+            **info, "num_inference_steps": 1, **call, "timestep": generator.t_init, "guidance_scale": 1.0,
+            "scheduler": type(scheduler).__name__, "reference": self.settings.model, "resolution": self.resolution})
         replace_folder(partial, folder)
         return folder
+
+    def one_step_scheduler(self, t_init: int):
+        """A scheduler whose one inference step from unit noise returns the denoiser's x0 at t_init, and what else
+        the pipeline's call needs to say.
+
+        VP: DDIM on the reference's own betas cut at t_init (num_train_timesteps = t_init + 1), "trailing" spacing
+        and alpha_0 = 1: its one step runs exactly timestep t_init. (A steps_offset of t_init would say the same,
+        but StableDiffusionPipeline resets steps_offset to 1.) Flow: one Euler step from s_init to 0, x0 = z - s_init
+        v; unshifted, so that s_init = 1 (the default, SD3's pure noise) is the scheduler's own first sigma and any
+        other is passed as `sigmas=[s_init]`.
+        """
+        from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+        config = self.pipe.scheduler.config
+        if self.flow:
+            sigma = self.schedule.at_timestep(t_init)[1]
+            return FlowMatchEulerDiscreteScheduler.from_config(config, shift=1.0), ({} if sigma == 1 else
+                                                                                     {"sigmas": [sigma]})
+        betas = self.pipe.scheduler.betas[: t_init + 1]
+        return DDIMScheduler.from_config(
+            config, num_train_timesteps=t_init + 1, trained_betas=betas.tolist(), timestep_spacing="trailing",
+            set_alpha_to_one=True, steps_offset=1, clip_sample=False, thresholding=False,
+            prediction_type="epsilon"), {}
 
 
 def one_step_start(source: str, backend: PretrainedBackend) -> nn.Module:
@@ -420,7 +456,7 @@ def image_reward(spec: str, weights: str | None, backend: str) -> nn.Module:
     if any(name in ANALYTIC_REWARDS for name in terms):
         raise UsageError(f"reward={spec} is defined on the analytic world's pictures; backend={backend} scores real "
                          f"images with image scorers ({', '.join(SCORERS)}): use e.g. reward=hpsv2")
-    parts = {name: (weight, load_scorer(name, weights)) for name, weight in terms.items()}
+    parts = {name: (term, load_scorer(name, weights)) for name, term in terms.items()}
     return WeightedReward(spec, parts).requires_grad_(False).eval()
 
 
@@ -502,3 +538,38 @@ class SDXLBackend(PretrainedBackend):
         if not self.pipe.config.get("force_zeros_for_empty_prompt", False):
             return cond
         return cond._replace(embeds=torch.zeros_like(cond.embeds), pooled=torch.zeros_like(cond.pooled))
+
+
+@dataclass
+class SD3Config(PretrainedConfig):
+    model: str = reference_model("stabilityai/stable-diffusion-3.5-medium")
+    t_init: int = param(1000, "timestep the one-step generator reads its transformer at, s_init = t_init / 1000 after "
+                        "the shift: 1000 is pure noise, where SD3's own sampler and its one-step distillations start",
+                        ge=1, le=1000)
+    t5: bool = param(True, "load the T5 text encoder; false leaves it out as StableDiffusion3Pipeline allows (its text "
+                     "states are zeros: about 9 GB less memory, weaker prompt following)")
+
+
+class SD3Backend(PretrainedBackend):
+    """Stable Diffusion 3 and 3.5: an MMDiT (SD3Transformer2DModel) predicting the flow's velocity, on two CLIP
+    encoders' penultimate states beside T5's (optional), the CLIPs' pooled embeddings side by side, and 16-channel
+    latents; the flow-matching scheduler with its fixed shift (3 for SD3 and 3.5)."""
+
+    Config = SD3Config
+    denoiser, pipeline_name, flow = "transformer", "StableDiffusion3Pipeline", True
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return ("transformer", "text_encoder", "text_encoder_2", *(("text_encoder_3",) if self.settings.t5 else ()))
+
+    def load_options(self) -> dict:
+        return {} if self.settings.t5 else {"text_encoder_3": None, "tokenizer_3": None}
+
+    def call_denoiser(self, net, x, timestep, cond):
+        return net(hidden_states=x, timestep=timestep, encoder_hidden_states=cond.embeds,
+                   pooled_projections=cond.pooled.to(x.dtype)).sample
+
+    def embed(self, texts):
+        embeds, _, pooled, _ = self.pipe.encode_prompt(texts, None, None, device=self.device,
+                                                       do_classifier_free_guidance=False)
+        return embeds, torch.ones(embeds.shape[:2], device=self.device), pooled

@@ -2,12 +2,15 @@
 
 Analytic rewards score a world sample: `reward(x, cond) -> Tensor[B]`. Image scorers score pictures and their
 prompts: `scorer(images in [0, 1], prompts) -> Tensor[B]`, differentiably (see `bench.rewards.scorer`). A
-training reward is one name or a weighted combination, `reward={hpsv2: 1.0, image_reward: 0.5}`.
+training reward is one name or a weighted combination, `reward={hpsv2: 1.0, image_reward: 0.5}`, where a reward
+may carry DMDR's hinge margin, `{hpsv2.1: {weight: 1.0, margin: 0.3}}`.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
+from typing import NamedTuple
 
 import yaml
 
@@ -32,8 +35,16 @@ def load_scorer(name: str, weights: str | None = None):
     return getattr(importlib.import_module(module), attr).load(weights)
 
 
-def parse_reward(text: str, known) -> dict[str, float]:
-    """'linear' or '{hpsv2: 1.0, image_reward: 0.5}' -> {name: weight}, with a message naming what is wrong."""
+class RewardTerm(NamedTuple):
+    """One reward of a training objective: its weight and, for DMDR's hinge, its margin (None: no hinge)."""
+
+    weight: float
+    margin: float | None = None
+
+
+def parse_reward(text: str, known) -> dict[str, RewardTerm]:
+    """'linear', '{hpsv2: 1.0, image_reward: 0.5}' or '{hpsv2.1: {weight: 1, margin: 0.3}}' -> {name: term}, with a
+    message naming what is wrong."""
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -42,16 +53,38 @@ def parse_reward(text: str, known) -> dict[str, float]:
     if not isinstance(terms, dict) or not terms:
         raise UsageError(f"reward expects a name or a mapping of names to weights such as "
                          f"reward={{hpsv2: 1.0, image_reward: 0.5}}, got '{text}'")
-    for name, weight in terms.items():
+    parsed = {}
+    for name, spec in terms.items():
         if name not in known:
             raise UsageError(f"reward '{name}' is not known{did_you_mean(str(name), known)}")
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise UsageError(f"reward weight of {name} must be a number, got '{weight}'")
-    return {name: float(weight) for name, weight in terms.items()}
+        parsed[name] = reward_term(name, spec)
+    return parsed
 
 
-def reward_text(terms: dict[str, float]) -> str:
-    """The canonical spelling stored with a run: a bare name for a single weight-1 reward."""
-    if len(terms) == 1 and next(iter(terms.values())) == 1.0:
+def reward_term(name: str, spec) -> RewardTerm:
+    """A weight, or {weight: W, margin: M}: the hinge -relu(M - r) in place of r (DMDR)."""
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"weight", "margin"}
+        if unknown:
+            raise UsageError(f"reward {name} takes weight and margin, got {', '.join(map(str, sorted(unknown)))}; "
+                             f"e.g. {{{name}: {{weight: 1.0, margin: 0.3}}}}")
+        weight, margin = spec.get("weight", 1.0), spec.get("margin")
+    else:
+        weight, margin = spec, None
+    for key, number in (("weight", weight), ("margin", margin)):
+        if key == "margin" and number is None:
+            continue
+        if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
+            raise UsageError(f"reward {key} of {name} must be a finite number, got '{number}'")
+    return RewardTerm(float(weight), None if margin is None else float(margin))
+
+
+def reward_text(terms: dict[str, RewardTerm]) -> str:
+    """The canonical spelling stored with a run: a bare name for a single weight-1 reward without a margin."""
+    if len(terms) == 1 and next(iter(terms.values())) == RewardTerm(1.0):
         return next(iter(terms))
-    return "{" + ", ".join(f"{name}: {weight:g}" for name, weight in terms.items()) + "}"
+
+    def spelled(term: RewardTerm) -> str:
+        return f"{term.weight:g}" if term.margin is None else f"{{weight: {term.weight:g}, margin: {term.margin:g}}}"
+
+    return "{" + ", ".join(f"{name}: {spelled(term)}" for name, term in terms.items()) + "}"

@@ -96,6 +96,6 @@ def build_reward(spec: str, captions: list[str], shape: tuple[int, int, int], we
     terms = parse_reward(spec, (*ANALYTIC_REWARDS, *SCORERS))
     if spec in ANALYTIC_REWARDS:
         return ANALYTIC_REWARDS[spec](shape)
-    parts = {name: (weight, ANALYTIC_REWARDS[name](shape) if name in ANALYTIC_REWARDS
-                    else OnPictures(load_scorer(name, weights), captions, shape[-1])) for name, weight in terms.items()}
+    parts = {name: (term, ANALYTIC_REWARDS[name](shape) if name in ANALYTIC_REWARDS
+                    else OnPictures(load_scorer(name, weights), captions, shape[-1])) for name, term in terms.items()}
     return WeightedReward(spec, parts)

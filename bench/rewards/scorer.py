@@ -77,20 +77,28 @@ def normalise(images: Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
 
 
 class WeightedReward(nn.Module):
-    """sum_k w_k r_k(...): the training reward `reward={hpsv2: 1.0, image_reward: 0.5}`.
+    """sum_k w_k r_k(...): the training reward `reward={hpsv2: 1.0, image_reward: 0.5}`. A reward with a margin m
+    enters as the hinge -relu(m - r_k) (DMDR): pulled up to its margin and no further.
 
     The parts share one call signature: (images, prompts) for image scorers, (x, cond) in the analytic world.
     """
 
-    def __init__(self, name: str, parts: dict[str, tuple[float, nn.Module]]):
+    def __init__(self, name: str, parts: dict[str, tuple]):
+        """`parts`: name -> (term, module), term a RewardTerm (weight, margin)."""
         super().__init__()
         self.name = name
         self.version = "+".join(f"{key}:{getattr(part, 'version', '?')}" for key, (_, part) in parts.items())
-        self.weights = [weight for weight, _ in parts.values()]
+        self.terms = [term for term, _ in parts.values()]
         self.parts = nn.ModuleList(part for _, part in parts.values())
 
     def forward(self, *inputs) -> Tensor:
-        return sum(weight * part(*inputs) for weight, part in zip(self.weights, self.parts, strict=True))
+        total = 0
+        for term, part in zip(self.terms, self.parts, strict=True):
+            value = part(*inputs)
+            if term.margin is not None:
+                value = -F.relu(term.margin - value)
+            total = total + term.weight * value
+        return total
 
     def quadratic_form(self) -> None:
         return None  # a combination has no closed-form optimum in this suite

@@ -232,9 +232,10 @@ class Trainer:
         z, cond = self.backend.sample_inputs(n, rng)
         t = self.method.sample_t(n, rng)
         eps = torch.randn((n, *z.shape[1:]), generator=rng)
+        cfg = self.method.cfg_scale(rng)  # drawn last: a fixed scale leaves every other draw as it was
         mine = slice(self.rank * n // self.ranks, (self.rank + 1) * n // self.ranks)
         return {"z": z[mine].to(self.device), "cond": self.backend.encode(cond[mine]),
-                "t": t[mine].to(self.device), "eps": eps[mine].to(self.device)}
+                "t": t[mine].to(self.device), "eps": eps[mine].to(self.device), "cfg": cfg}
 
     # -- updates ------------------------------------------------------------------------------------------
 
@@ -253,21 +254,27 @@ class Trainer:
             loss = dsm_loss(self.fake(x_t, d["t"], alpha, sigma, d["cond"]).float(), d["eps"]).mean()
         return {"loss_fake": loss.detach(), "grad_fake": self.apply(loss, self.fake, self.opt_fake)}
 
-    def generator_batch(self, x0, t, eps, cond) -> GeneratorBatch:
-        """Noise x0 at the method's times and bind the score networks to those times and prompts.
+    def generator_batch(self, x0, t, eps, cond, cfg: float | None = None) -> GeneratorBatch:
+        """Noise x0 at the method's times and bind the score networks to those times and prompts; `cfg` is the
+        step's guidance scale (alpha_cfg unless drawn from a range).
 
         The networks are called unwrapped: they are frozen here (gradients reach only their input), and a
         data-parallel wrapper would wait for parameter gradients that never come.
         """
-        backend, fake = self.backend, self.unwrapped(self.fake)
-        alpha, sigma, x_t = noised(self.schedule, x0, t, eps)
+        backend, fake, schedule = self.backend, self.unwrapped(self.fake), self.schedule
+        alpha, sigma, x_t = noised(schedule, x0, t, eps)
         sigma_b = broadcast(sigma, x0)
+
+        def ref_at(x, time, conditional: bool):
+            return backend.ref_score(x, time, *schedule.alpha_sigma(time), cond if conditional else None)
+
         return GeneratorBatch(
-            x0=x0, x_t=x_t, eps=eps, alpha=broadcast(alpha, x0), sigma=sigma_b,
-            weight=self.method.weight(alpha, sigma),
+            x0=x0, x_t=x_t, eps=eps, t=t, alpha=broadcast(alpha, x0), sigma=sigma_b,
+            weight=self.method.weight(alpha, sigma), cfg=self.method.alpha_cfg if cfg is None else cfg,
             fake_score=lambda x: -fake(x, t, alpha, sigma, cond).float() / sigma_b,
             ref_cond=lambda x: backend.ref_score(x, t, alpha, sigma, cond),
             ref_uncond=lambda x: backend.ref_score(x, t, alpha, sigma, None),
+            ref_at=ref_at, noise_level=schedule.alpha_sigma,
             reward=lambda x: backend.reward(x, cond),
         )
 
@@ -276,9 +283,12 @@ class Trainer:
         d = self.draw(GENERATOR_PHASE)
         with self.autocast():
             x0 = self.generator(d["z"], d["cond"]).float()
-            batch = self.generator_batch(x0, d["t"], d["eps"], d["cond"])
-            regulariser = method.regulariser(batch)
-            loss = (regulariser - method.alpha_rew * method.reward_term(batch)).mean()
+            batch = self.generator_batch(x0, d["t"], d["eps"], d["cond"], d["cfg"])
+            loss = method.regulariser(batch)
+            reward_weight = method.reward_weight(self.step)
+            if reward_weight:  # not computed at all without a weight (alpha_rew 0, the cold start)
+                loss = loss - reward_weight * method.reward_term(batch)
+            loss = loss.mean()
             with torch.no_grad():  # r(x0) is logged whatever the method optimised; computed once either way
                 reward = batch.reward_x0.mean()
         logs = {"loss_gen": loss.detach(), "reward": reward.detach(), **batch.logs}
@@ -423,6 +433,7 @@ class Trainer:
         return {
             "run": self.run.id,
             "method": self.method.name,
+            "aims_at_p_star": self.method.aims_at_p_star,
             "backend": self.cfg.backend.name,
             "reward": self.cfg.reward,
             "steps": self.step,
