@@ -31,6 +31,7 @@ BAD = [
      "method.alpha_cfg_max (1.5) must be at least method.alpha_cfg (2.0): the scale is drawn from"),
     (["run", "method=dmd", "method.weighting=uniform"], "method=dmd moves x0 by the denoiser difference"),
     (["run", "method=didr", "method.denoise_steps=0"], "method.denoise_steps must be at least 1, got 0"),
+    (["run", "backend.shift=3"], "backend.shift=3.0 shifts flow matching's times; VP has none: add backend.path=flow"),
     (["run", "reward=[hpsv2]"], "reward expects a name or a mapping of names to weights"),
     (["run", "reward=hpsv2", "weights=/nonexistent"],
      "hpsv2: weights file HPS_v2_compressed.pt not found at /nonexistent/hpsv2/HPS_v2_compressed.pt; put it in "

@@ -21,6 +21,7 @@ from bench.analytic.metrics import generator_log_density, log_prob_clean
 from bench.analytic.mixture import GaussianMixture
 from bench.analytic.world import ExactWorld, picture_mixture
 from bench.diffusion import FlowSchedule, VPSchedule, broadcast, image_noise, probability_flow
+from bench.errors import UsageError
 from bench.fields import param
 from bench.rewards.analytic import build_reward
 
@@ -176,6 +177,9 @@ class AnalyticBackend:
 
     def __init__(self, cfg, device: torch.device):
         world = cfg.backend
+        if world.path != "flow" and world.shift != 1:
+            raise UsageError(f"backend.shift={world.shift} shifts flow matching's times; VP has none: add "
+                             "backend.path=flow, or leave backend.shift unset")
         self.device = device
         self.shape = (3, world.image_size, world.image_size)
         self.captions, self.reference = picture_mixture(world.prompts, world.components, world.image_size, 3,
