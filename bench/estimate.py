@@ -197,7 +197,7 @@ def estimate(cfg) -> dict:
     counted = count(family, side)
     reward_params, reward = reward_flops(cfg.reward)
     d, v = counted.denoiser_flops, counted.vae_decode_flops
-    guided = cfg.method.alpha_cfg != 1 or cfg.method.alpha_cfg_max > cfg.method.alpha_cfg
+    guided = cfg.method.guided
     # Score networks read with a backward to x_t: the fake and the reference (twice when guided), and the reference
     # again at each further step of a method's k-step denoise of x_t (DIDR's diffused reward).
     scores = 2 + guided + (getattr(cfg.method, "denoise_steps", 1) - 1) * (1 + guided)

@@ -146,9 +146,19 @@ class Method:
     def sample_t(self, n: int, generator: torch.Generator) -> Tensor:
         return sample_times(n, self.time, self.t_min, self.t_max, generator)
 
+    @property
+    def cfg_drawn(self) -> bool:
+        """Whether each step draws its guidance scale from [alpha_cfg, alpha_cfg_max]."""
+        return self.alpha_cfg_max > self.alpha_cfg
+
+    @property
+    def guided(self) -> bool:
+        """Whether the unconditional reference is read at all (a scale other than 1 at some step)."""
+        return self.alpha_cfg != 1 or self.cfg_drawn
+
     def cfg_scale(self, generator: torch.Generator) -> float:
         """This step's guidance scale: alpha_cfg, or a uniform draw from [alpha_cfg, alpha_cfg_max]."""
-        if self.alpha_cfg_max <= self.alpha_cfg:
+        if not self.cfg_drawn:
             return self.alpha_cfg
         return self.alpha_cfg + (self.alpha_cfg_max - self.alpha_cfg) * float(torch.rand((), generator=generator))
 
