@@ -71,9 +71,8 @@ def reward_term(name: str, spec) -> RewardTerm:
         weight, margin = spec.get("weight", 1.0), spec.get("margin")
     else:
         weight, margin = spec, None
-    for key, number in (("weight", weight), ("margin", margin)):
-        if key == "margin" and number is None:
-            continue
+    given = {"weight": weight} if margin is None else {"weight": weight, "margin": margin}
+    for key, number in given.items():
         if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
             raise UsageError(f"reward {key} of {name} must be a finite number, got '{number}'")
     return RewardTerm(float(weight), None if margin is None else float(margin))
