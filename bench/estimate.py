@@ -4,7 +4,8 @@ the real architectures.
 The denoiser and the VAE decoder of each family are built at their released sizes on PyTorch's meta device (shapes,
 no memory, no weights) and run once under torch.utils.flop_counter at the run's resolution. A training step's cost
 a generated image is then, with D a denoiser forward, V a VAE decode, R a reward forward and T a prompt's text
-encoding (2 x encoder parameters x tokens), all at batch 1:
+encoding (2 x parameters x tokens, summed over the
+family's text encoders), all at batch 1:
 
     every draw             T: the prompts of each of the K + 1 batches are encoded afresh
     K fake-score updates   K x (D generator, no grad + 3 D fake forward and backward)
@@ -39,7 +40,11 @@ GPUS = {"A100 80GB": (312, 80), "H100 SXM": (989, 80), "H200": (989, 141), "L40S
 BF16_ACTIVATIONS = 0.5  # bf16 activations against fp32 (measured 0.48 to 0.49, see the module's text)
 MFU = 0.35  # assumed: large diffusion training commonly reaches 30 to 45% on these GPUs
 # Parameters of the networks that only read (text encoders, reward models), from their released checkpoints.
-TEXT_ENCODERS = {"sd15": 123e6, "pixart_alpha": 4.76e9, "sdxl": 123e6 + 695e6}  # CLIP-L; T5-XXL enc.; + bigG
+CLIP_L, CLIP_G, T5_XXL = 123e6, 695e6, 4.76e9  # CLIP ViT-L/14 and OpenCLIP bigG text towers; T5-XXL's encoder
+# Each family's text encoders as (parameters, tokens a prompt is padded to), as its pipeline encodes a prompt.
+# SD3's T5 reads 256 tokens (StableDiffusion3Pipeline's max_sequence_length) and is optional (backend.t5).
+TEXT_ENCODERS = {"sd15": ((CLIP_L, 77),), "pixart_alpha": ((T5_XXL, 120),), "sdxl": ((CLIP_L, 77), (CLIP_G, 77)),
+                 "sd3": ((CLIP_L, 77), (CLIP_G, 77), (T5_XXL, 256))}
 REWARDS = {"hpsv2": 986e6, "hpsv2.1": 986e6, "pickscore": 986e6, "image_reward": 447e6, "aesthetic": 428e6,
            "clip_score": 428e6}  # ViT-H-14 CLIP; BLIP-L; ViT-L-14 CLIP (+ a small MLP)
 REWARD_TOKENS = 257  # a ViT at 224 px with patch 14 (16 x 16 patches and the class token)
@@ -74,8 +79,23 @@ def pixart_transformer():
     return net, 120, 4096
 
 
-# Family -> (denoiser builder, its native image side in pixels). All three use SD's 8x VAE.
-FAMILIES = {"sd15": (sd15_unet, 512), "pixart_alpha": (pixart_transformer, 512), "sdxl": (sdxl_unet, 1024)}
+def sd3_transformer():
+    """SD3.5 Medium's MMDiT-X (2.5B): SD3's joint blocks with QK normalisation and, in its first 13, a second
+    attention over the image tokens alone. Its text sequence is the CLIPs' 77 tokens followed by T5's 256 (zeros
+    without T5: the sequence keeps its length)."""
+    from diffusers import SD3Transformer2DModel
+
+    net = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                                num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                                pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
+                                dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
+    return net, 77 + 256, 4096
+
+
+# Family -> (denoiser builder, its native image side in pixels, latent channels). All use SD's 8x VAE layout; SD3's
+# has 16 latent channels.
+FAMILIES = {"sd15": (sd15_unet, 512, 4), "pixart_alpha": (pixart_transformer, 512, 4), "sdxl": (sdxl_unet, 1024, 4),
+            "sd3": (sd3_transformer, 1024, 16)}
 
 
 @dataclass
@@ -85,7 +105,6 @@ class Counted:
     denoiser_flops: float  # one forward, one image
     vae_decode_flops: float
     lora_params_per_rank: float  # LoRA on the attention projections, as the backends place it, at rank 1
-    text_tokens: int  # a prompt's length as the family's text encoder pads it
     # Bytes autograd keeps for backward, one image, fp32: a denoiser being trained, one frozen with the gradient
     # going to its input (a score network in the generator update), each with gradient checkpointing; the decoder.
     act_trained: float
@@ -139,14 +158,14 @@ def count(family: str, side: int) -> Counted:
     from diffusers import AutoencoderKL
     from torch.utils.flop_counter import FlopCounterMode
 
-    build, _ = FAMILIES[family]
+    build, _, channels = FAMILIES[family]
     latent = side // 8
     with torch.device("meta"):
         net, tokens, width = build()
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2)
-        x, t, text = torch.empty(1, 4, latent, latent), torch.empty(1), torch.empty(1, tokens, width)
-        pooled, time_ids = torch.empty(1, 1280), torch.empty(1, 6)
+                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=channels, layers_per_block=2)
+        x, t, text = torch.empty(1, channels, latent, latent), torch.empty(1), torch.empty(1, tokens, width)
+        time_ids = torch.empty(1, 6)
 
     def denoise(x):
         if family == "pixart_alpha":
@@ -154,7 +173,10 @@ def count(family: str, side: int) -> Counted:
                        added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
         if family == "sdxl":
             return net(x, t, encoder_hidden_states=text,
-                       added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+                       added_cond_kwargs={"text_embeds": x.new_empty(1, 1280), "time_ids": time_ids}).sample
+        if family == "sd3":
+            return net(hidden_states=x, timestep=t, encoder_hidden_states=text,
+                       pooled_projections=x.new_empty(1, 2048)).sample
         return net(x, t, encoder_hidden_states=text).sample
 
     with FlopCounterMode(display=False) as counter:
@@ -176,7 +198,7 @@ def count(family: str, side: int) -> Counted:
             net.enable_gradient_checkpointing()
         act["trained", ckpt] = saved_bytes(lambda: denoise(x), net.requires_grad_(True))
         act["scored", ckpt] = saved_bytes(lambda: denoise(x_grad), net.requires_grad_(False))
-    return Counted(params, sum(p.numel() for p in vae.parameters()), denoiser, decode, lora, tokens,
+    return Counted(params, sum(p.numel() for p in vae.parameters()), denoiser, decode, lora,
                    act["trained", False], act["scored", False], act["trained", True], act["scored", True],
                    saved_bytes(lambda: vae.decode(x_grad), vae))
 
@@ -194,6 +216,8 @@ def estimate(cfg) -> dict:
     """The cost of cfg's run: counted FLOPs, memory a GPU in GB and GPU-hours a GPU type (as figures)."""
     family = cfg.backend.name
     side = cfg.backend.resolution or FAMILIES[family][1]
+    # SD3 without T5 (backend.t5=false) encodes with the CLIPs alone; the transformer still reads T5's zeros.
+    encoders = TEXT_ENCODERS[family][:2] if family == "sd3" and not cfg.backend.t5 else TEXT_ENCODERS[family]
     counted = count(family, side)
     reward_params, reward = reward_flops(cfg.reward)
     d, v = counted.denoiser_flops, counted.vae_decode_flops
@@ -201,7 +225,7 @@ def estimate(cfg) -> dict:
     # Score networks read with a backward to x_t: the fake and the reference (twice when guided), and the reference
     # again at each further step of a method's k-step denoise of x_t (DIDR's diffused reward).
     scores = 2 + guided + (getattr(cfg.method, "denoise_steps", 1) - 1) * (1 + guided)
-    text = 2 * TEXT_ENCODERS[family] * counted.text_tokens
+    text = sum(2 * params * tokens for params, tokens in encoders)
     per_image = (cfg.method.fake_steps + 1) * text + cfg.method.fake_steps * 4 * d + 3 * d + scores * 2 * d \
         + 2 * v + 2 * reward
     images = cfg.train.steps * cfg.train.batch_size
@@ -216,7 +240,7 @@ def estimate(cfg) -> dict:
                else counted.denoiser_params)  # of the trained weights only
     memory = (trained(cfg.backend.lora_gen) + ema + trained(cfg.backend.lora_fake)
               + 4 * counted.denoiser_params  # the frozen reference
-              + 4 * (counted.vae_params + TEXT_ENCODERS[family] + reward_params)) / 1e9
+              + 4 * (counted.vae_params + sum(params for params, _ in encoders) + reward_params)) / 1e9
     scale = BF16_ACTIVATIONS if cfg.train.precision in ("bf16", "auto") else 1.0  # auto is bf16 on a GPU
     ckpt = cfg.backend.grad_ckpt
     an_image = scale * ((counted.act_trained_ckpt if ckpt else counted.act_trained)

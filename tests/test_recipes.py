@@ -22,7 +22,7 @@ def no_hub(hub_unreachable):
 
 def test_the_papers_recipes_are_all_there():
     assert RECIPES == ["di_pp_pixart", "di_pp_sd15", "di_star_pixart", "di_star_sd15", "di_star_sdxl", "didr_sdxl",
-                       "dmdr_sdxl"]
+                       "dmdr_sd35", "dmdr_sdxl"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -37,7 +37,7 @@ def test_every_value_of_a_recipe_names_its_source_or_says_it_is_ours(name):
         _, _, comment = line.partition("#")
         cited = [tag for tag in re.findall(r"\[[^\]]+\]", comment) if tag in tags]
         assert cited or "our choice" in comment, f"{name}: no source for '{line.strip()}'"
-    assert build_config([f"preset={name}"]).backend.name in ("sd15", "pixart_alpha", "sdxl")
+    assert build_config([f"preset={name}"]).backend.name in ("sd15", "pixart_alpha", "sdxl", "sd3")
 
 
 def test_di_star_sdxl_is_post_trained_from_dmd2_at_its_own_timestep_with_the_mapped_guidance():
@@ -64,13 +64,26 @@ def test_a_prompt_encoding_costs_two_flops_a_parameter_a_token():
     assert estimate(build_config(["preset=di_pp_sd15"]))["text_tflops"] == pytest.approx(2 * 123e6 * 77 / 1e12)
 
 
+def test_sd3_encodes_with_two_clips_and_t5_and_without_t5_saves_its_cost_and_memory():
+    """SD3's prompt: CLIP-L and bigG on 77 tokens and T5-XXL's encoder on 256; backend.t5=false drops T5 only."""
+    with_t5 = estimate(build_config(["preset=dmdr_sd35"]))
+    without = estimate(build_config(["preset=dmdr_sd35", "backend.t5=false"]))
+    assert with_t5["text_tflops"] == pytest.approx(2 * ((123e6 + 695e6) * 77 + 4.76e9 * 256) / 1e12)
+    assert without["text_tflops"] == pytest.approx(2 * (123e6 + 695e6) * 77 / 1e12)
+    assert with_t5["memory_gb"] - without["memory_gb"] == pytest.approx(4 * 4.76e9 / 1e9)  # frozen, fp32
+    assert with_t5["denoiser_tflops"] == without["denoiser_tflops"]  # the transformer reads T5's zeros
+
+
 def test_the_released_architectures_have_their_published_sizes():
-    """Counted on the meta device: SD1.5's UNet 860M, PixArt-alpha XL-2 0.6B, SDXL's UNet 2.6B parameters."""
+    """Counted on the meta device: SD1.5's UNet 860M, PixArt-alpha XL-2 0.6B, SDXL's UNet 2.6B, SD3.5 Medium's
+    transformer 2.24B parameters."""
     assert count("sd15", 512).denoiser_params == pytest.approx(860e6, rel=0.01)
     assert count("pixart_alpha", 512).denoiser_params == pytest.approx(611e6, rel=0.01)
     sdxl = count("sdxl", 1024)
     assert sdxl.denoiser_params == pytest.approx(2.567e9, rel=0.01)
     assert count("sdxl", 512).denoiser_flops == pytest.approx(sdxl.denoiser_flops / 4, rel=0.15)  # ~ pixels
+    # SD3.5 Medium's MMDiT-X: 2.24B parameters (its released file's 2.47B adds the fixed 384 x 384 position table)
+    assert count("sd3", 512).denoiser_params == pytest.approx(2.24e9, rel=0.01)
 
 
 def test_the_step_cost_follows_its_formula_and_the_hours_the_stated_utilisation():
