@@ -23,12 +23,22 @@ FAMILIES = ["sd15", "pixart_alpha", "sdxl"]
 BRIEF = dict(steps=150, samples=32, sampler_steps=10)
 
 
+class Taught(dict):
+    """One briefly taught folder a family, taught when a test first asks for it: a test worker teaches only the
+    families its own tests use (teaching all three up front cost each worker about 35 s)."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family):
+        self[family] = teach(TeachConfig(family=family, out=str(self.root / family), **BRIEF), progress=False)
+        return self[family]
+
+
 @pytest.fixture(scope="session")
 def taught(tmp_path_factory):
-    """One briefly taught folder a family, once per test worker."""
-    root = tmp_path_factory.mktemp("taught")
-    return {family: teach(TeachConfig(family=family, out=str(root / family), **BRIEF), progress=False)
-            for family in FAMILIES}
+    return Taught(tmp_path_factory.mktemp("taught"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -112,7 +122,15 @@ def sdxl_teacher(tmp_path_factory):
     return teach(TeachConfig(family="sdxl", out=str(tmp_path_factory.mktemp("taught_full") / "sdxl")), progress=False)
 
 
-def test_sdxls_teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_start(sdxl_teacher):
+def test_sdxls_full_teacher(sdxl_teacher):
+    """Both checks of SDXL's fully taught teacher in one test: teaching it costs over a minute, and two tests that
+    share it would each teach it on their own test worker (pytest-xdist 3.8's loadgroup, which would keep them
+    together, does not group under pytest 9)."""
+    teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_start(sdxl_teacher)
+    one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher)
+
+
+def teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_start(sdxl_teacher):
     """Acceptance on the family that meets every criterion of benchmarks/taught_world.py: the teacher's own sampler
     covers every component with its FD within twice the finite-sample floor, and DI++ with nothing to gain, from
     DMD2's start (the denoiser read at t_init), at least halves its FD to the mixture in 200 steps through the real
@@ -133,7 +151,7 @@ def test_sdxls_teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_
     assert fd_to_the_world() <= 0.5 * start
 
 
-def test_sdxls_one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher):
+def one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher):
     """The one-step generator, (z - sigma eps(z; t_init)) / alpha, read on x_t drawn from the world diffused to t_init,
     is the posterior mean E[x0 | x_t] up to the teacher's own error: its distance to the exact one is a fraction of the
     posterior's spread (measured 0.16). With alpha and sigma swapped at t_init it is 1.7 times that spread."""

@@ -37,8 +37,10 @@ from bench.errors import UsageError
 from bench.fields import param
 from bench.prompts import PromptSet, load_prompt_set
 
-# Attention projections: where LoRA adapts a UNet or a DiT (the convention of diffusers' training scripts).
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# Attention projections: where LoRA adapts a UNet or a DiT (the convention of diffusers' training scripts), and the
+# text stream's projections of SD3's joint attention (add_*, to_add_out; RTDMD's SD3.5 targets), which the other
+# families do not have.
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 EVAL_BATCH = 16
 
 
