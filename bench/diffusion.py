@@ -85,10 +85,14 @@ class FlowSchedule:
         s = timestep / self.train_steps
         return 1 - s, s
 
+    def time_of_timestep(self, timestep: float) -> float:
+        """The t whose timestep is `timestep`: the shift undone from s = timestep / train_steps."""
+        s = timestep / self.train_steps
+        return s / (self.shift - (self.shift - 1) * s)
+
     def time_of_log_snr(self, log_snr: float) -> float:
         """log((1 - s) / s) = log_snr at s = 1 / (1 + e^log_snr); then the shift undone."""
-        s = 1 / (1 + math.exp(log_snr))
-        return s / (self.shift - (self.shift - 1) * s)
+        return self.time_of_timestep(self.train_steps / (1 + math.exp(log_snr)))
 
 
 def probability_flow(denoise: Callable[[Tensor, float, float], Tensor], noise: Tensor, schedule,
@@ -147,6 +151,10 @@ class DiscreteSchedule:
     def at_timestep(self, timestep: int) -> tuple[float, float]:
         alpha_bar = self.alphas_cumprod[timestep]
         return float(alpha_bar.sqrt()), float((1 - alpha_bar).sqrt())
+
+    def time_of_timestep(self, timestep: int) -> float:
+        """The t that rounds to `timestep`."""
+        return timestep / (len(self.alphas_cumprod) - 1)
 
 
 def noised(schedule, x0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:

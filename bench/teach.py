@@ -29,9 +29,10 @@ from bench.diffusion import dsm_loss, noised
 from bench.errors import UsageError
 from bench.fields import param
 
-FAMILIES = ("sd15", "pixart_alpha", "sdxl")
+FAMILIES = ("sd15", "pixart_alpha", "sdxl", "sd3")
 TEACHER_FILE = "teacher.json"
-LATENT_CHANNELS = 4
+# Latent channels of each family's VAE: SD3's has 16, the others 4.
+LATENT_CHANNELS = {"sd15": 4, "pixart_alpha": 4, "sdxl": 4, "sd3": 16}
 # Timesteps at which the teacher's eps error against the exact one is recorded.
 ERROR_TIMESTEPS = (10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990)
 
@@ -71,8 +72,9 @@ def clip_tokenizer(folder: Path):
     return CLIPTokenizer.from_pretrained(folder, model_max_length=32)
 
 
-def t5_tokenizer(folder: Path):
-    """A T5TokenizerFast on a Unigram model over letters: T5's pieces, padding and </s>, a vocabulary of 32."""
+def t5_tokenizer(folder: Path, length: int = 120):
+    """A T5TokenizerFast on a Unigram model over letters: T5's pieces, padding and </s>, a vocabulary of 32;
+    `length` tokens a prompt (PixArt's 120)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import T5TokenizerFast
 
@@ -83,17 +85,17 @@ def t5_tokenizer(folder: Path):
     model.decoder = decoders.Metaspace()
     model.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     tokenizer = T5TokenizerFast(tokenizer_object=model, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                                extra_ids=0, model_max_length=120)
+                                extra_ids=0, model_max_length=length)
     tokenizer.save_pretrained(folder)
     return T5TokenizerFast.from_pretrained(folder)
 
 
-def tiny_vae(scaling_factor: float):
+def tiny_vae(scaling_factor: float, channels: int = 4, shift_factor: float | None = None):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+    return AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=channels,
                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         norm_num_groups=4, scaling_factor=scaling_factor)
+                         norm_num_groups=4, scaling_factor=scaling_factor, shift_factor=shift_factor)
 
 
 def unet(side: int, cross: int, **extra):
@@ -102,7 +104,7 @@ def unet(side: int, cross: int, **extra):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=side,
-                                in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, cross_attention_dim=cross,
+                                in_channels=4, out_channels=4, cross_attention_dim=cross,
                                 norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=1, **extra)
 
@@ -139,18 +141,45 @@ def blank_pipeline(family: str, side: int, folder: Path):
             text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_TEXT, projection_dim=pooled)),
             tokenizer=tokenizer, tokenizer_2=tokenizer, unet=net, scheduler=scheduler,
             force_zeros_for_empty_prompt=True)
+    if family == "sd3":
+        return sd3_pipeline(side, folder)
     from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     transformer = PixArtTransformer2DModel(sample_size=side, num_layers=4, patch_size=1, attention_head_dim=32,
-                                           num_attention_heads=2, caption_channels=32, in_channels=LATENT_CHANNELS,
-                                           out_channels=2 * LATENT_CHANNELS, cross_attention_dim=64,
+                                           num_attention_heads=2, caption_channels=32, in_channels=4,
+                                           out_channels=2 * 4, cross_attention_dim=64,
                                            norm_elementwise_affine=False, norm_eps=1e-6, norm_type="ada_norm_single")
     text = T5EncoderModel(T5Config(vocab_size=32, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
                                    pad_token_id=0, eos_token_id=1))
     scheduler = DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
     return PixArtAlphaPipeline(tokenizer=t5_tokenizer(folder / "t5"), text_encoder=text, vae=tiny_vae(0.18215),
                                transformer=transformer, scheduler=scheduler)
+
+
+def sd3_pipeline(side: int, folder: Path):
+    """SD3's own classes: an MMDiT (2 x 2 patches) on two CLIP encoders with projections and a T5 encoder, the
+    16-channel VAE with SD3's scaling and shift, and the flow-matching scheduler with SD3's shift 3. T5's tokenizer
+    takes 24 tokens, enough for any caption of the world (the backend reads its model_max_length): the joint
+    attention's text sequence is the CLIPs' 32 and T5's, and at the pipeline's 256 T5 tokens a step cost seven
+    times what it costs at 8."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    pooled, joint = 16, 64
+    transformer = SD3Transformer2DModel(sample_size=side, patch_size=2, in_channels=16, out_channels=16, num_layers=4,
+                                        attention_head_dim=32, num_attention_heads=2, joint_attention_dim=joint,
+                                        caption_projection_dim=64, pooled_projection_dim=2 * pooled,
+                                        pos_embed_max_size=side // 2)
+    text = dict(CLIP_TEXT, projection_dim=pooled)
+    tokenizer = clip_tokenizer(folder / "clip")
+    text_3 = T5EncoderModel(T5Config(vocab_size=32, d_model=joint, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                                     pad_token_id=0, eos_token_id=1))
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(1.5305, 16, 0.0609), text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**text)),
+        tokenizer=tokenizer, text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)), tokenizer_2=tokenizer,
+        text_encoder_3=text_3, tokenizer_3=t5_tokenizer(folder / "t5", length=24))
 
 
 def teach(cfg: TeachConfig, progress: bool = True) -> Path:
@@ -164,8 +193,8 @@ def teach(cfg: TeachConfig, progress: bool = True) -> Path:
     out = Path(cfg.out).expanduser().resolve()
     partial = out.with_name(f".{out.name}.teaching")
     torch.manual_seed(cfg.seed)
-    shape = (LATENT_CHANNELS, cfg.side, cfg.side)
-    texts, world = picture_mixture(cfg.prompts, cfg.components, cfg.side, LATENT_CHANNELS, cfg.s0)
+    shape = (LATENT_CHANNELS[cfg.family], cfg.side, cfg.side)
+    texts, world = picture_mixture(cfg.prompts, cfg.components, cfg.side, shape[0], cfg.s0)
     shutil.rmtree(partial, ignore_errors=True)
     blank_pipeline(cfg.family, cfg.side, partial / ".tokenizer").save_pretrained(partial)
     shutil.rmtree(partial / ".tokenizer")
@@ -245,7 +274,7 @@ def eps_error(backend, world, seed: int, per_caption: int = 64) -> dict[str, dic
     table = backend.encode(torch.arange(len(backend.captions)))
     out = {}
     for timestep in ERROR_TIMESTEPS:
-        t = torch.full((len(captions),), timestep / (len(backend.schedule.alphas_cumprod) - 1))
+        t = torch.full((len(captions),), backend.schedule.time_of_timestep(timestep))
         x0 = world.sample(captions, rng).reshape(-1, *backend.shape)
         alpha, sigma, x_t = noised(backend.schedule, x0, t, torch.randn(x0.shape, generator=rng))
         row = {}
@@ -261,19 +290,25 @@ def eps_error(backend, world, seed: int, per_caption: int = 64) -> dict[str, dic
 
 @torch.no_grad()
 def sampler_check(backend, world, cfg: TeachConfig) -> dict:
-    """The teacher's own multi-step sampler (the pipeline's call with DPM-Solver++ on Karras times) against the world:
-    each caption's FD to its exact moments beside the FD of as many exact samples (the finite-sample floor) and of
-    the same solver on the exact eps (its discretisation), and the share of components that receive at least a
-    quarter of their expected samples. Uniform times left the solver itself at 3.6 times the floor at 25 steps (s0
-    0.1, SD1.5's schedule); Karras times reach 1.15."""
+    """The teacher's own multi-step sampler (the pipeline's call: DPM-Solver++ on Karras times for the VP families,
+    SD3's own flow-matching Euler sampler for SD3) against the world: each caption's FD to its exact moments beside
+    the FD of as many exact samples (the finite-sample floor) and of the same solver on the exact answer (its
+    discretisation), and the share of components that receive at least a quarter of their expected samples.
+    Uniform times left the VP solver itself at 3.6 times the floor at 25 steps (s0 0.1, SD1.5's schedule); Karras
+    times reach 1.15."""
     from diffusers import DPMSolverMultistepScheduler
 
     pipe = backend.pipe
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)
+    if not backend.flow:
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)
     rng = torch.Generator().manual_seed(cfg.seed + 3)
     captions = torch.arange(len(backend.captions)).repeat_interleave(cfg.samples)
     z = torch.randn((len(captions), *backend.shape), generator=rng)
-    extra = {"use_resolution_binning": False} if cfg.family == "pixart_alpha" else {}
+    extra = {}
+    if cfg.family == "pixart_alpha":
+        extra = {"use_resolution_binning": False}
+    if cfg.family == "sd3":  # T5's sequence as the backend reads it
+        extra = {"max_sequence_length": backend.t5_tokens}
     side = backend.resolution
     taught = torch.cat([pipe([backend.captions[int(c)] for c in captions[start:start + 256]],
                              latents=z[start:start + 256], num_inference_steps=cfg.sampler_steps, guidance_scale=1.0,
@@ -281,11 +316,14 @@ def sampler_check(backend, world, cfg: TeachConfig) -> dict:
                         for start in range(0, len(captions), 256)]).flatten(1).float()
     solver = pipe.scheduler
     solver.set_timesteps(cfg.sampler_steps)
-    x = z.clone()
+    x, posterior_mean = z.clone(), world.denoiser(captions)
     for timestep in solver.timesteps:
-        alpha_bar = solver.alphas_cumprod[timestep]
-        alpha, sigma = alpha_bar.sqrt().expand(len(x)), (1 - alpha_bar).sqrt().expand(len(x))
-        x = solver.step(exact_eps(world, x, alpha, sigma, captions), timestep, x).prev_sample
+        # The exact answer from the posterior mean, which is defined at flow matching's s = 1 (alpha 0) too: eps
+        # for an eps-predictor, the velocity eps - x0 for a flow model.
+        alpha, sigma = backend.schedule.at_timestep(timestep.item())
+        x0 = posterior_mean(x.flatten(1), alpha, sigma).reshape(x.shape)
+        eps = (x - alpha * x0) / sigma
+        x = solver.step(eps - x0 if backend.flow else eps, timestep, x).prev_sample
     samples = {"fd": taught, "fd_exact_eps": x.flatten(1), "fd_exact_samples": world.sample(captions, rng)}
     rows = []
     for caption in range(len(backend.captions)):

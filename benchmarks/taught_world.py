@@ -1,6 +1,6 @@
 """The learned world's acceptance figures, family by family: the teacher's own error, then what methods make of it.
 
-    python benchmarks/taught_world.py [--families sd15,pixart_alpha,sdxl] [--steps 200] [--jobs 2]
+    python benchmarks/taught_world.py [--families sd15,pixart_alpha,sdxl,sd3] [--steps 200] [--jobs 2]
     python benchmarks/taught_world.py --guidance [--family sdxl] [--steps 800]
 
 For each family: `bench teach` with its defaults (the teacher's eps error against the exact eps, and its sampler's
@@ -174,7 +174,7 @@ def guidance(family: str, steps: int, jobs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--families", default="sd15,pixart_alpha,sdxl")
+    parser.add_argument("--families", default="sd15,pixart_alpha,sdxl,sd3")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps of each method on a teacher (200; with --guidance 800)")
     parser.add_argument("--jobs", type=int, default=2)

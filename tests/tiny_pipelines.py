@@ -122,7 +122,7 @@ def tiny_sd3(folder: Path, seed: int = 0) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tok", model_max_length=77)
     encoder_3 = T5EncoderModel(T5Config(vocab_size=32, d_model=joint, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
                                         pad_token_id=0, eos_token_id=1))
-    tokenizer_3 = t5_tokenizer(folder / "t5tok")
+    tokenizer_3 = t5_tokenizer(folder / "t5tok", length=256)  # the pipeline's default T5 sequence
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=encoder,
                                     tokenizer=tokenizer, text_encoder_2=encoder_2, tokenizer_2=tokenizer,

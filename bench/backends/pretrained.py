@@ -571,7 +571,15 @@ class SD3Backend(PretrainedBackend):
         return net(hidden_states=x, timestep=timestep, encoder_hidden_states=cond.embeds,
                    pooled_projections=cond.pooled.to(x.dtype)).sample
 
+    @property
+    def t5_tokens(self) -> int:
+        """T5's sequence: the pipeline's default 256 tokens, or fewer where the folder's T5 tokenizer declares a
+        shorter model_max_length (a taught teacher's), so that runs read a teacher as it was taught."""
+        tokenizer = self.pipe.tokenizer_3
+        return 256 if tokenizer is None else min(256, tokenizer.model_max_length)
+
     def embed(self, texts):
         embeds, _, pooled, _ = self.pipe.encode_prompt(texts, None, None, device=self.device,
-                                                       do_classifier_free_guidance=False)
+                                                       do_classifier_free_guidance=False,
+                                                       max_sequence_length=self.t5_tokens)
         return embeds, torch.ones(embeds.shape[:2], device=self.device), pooled
