@@ -4,8 +4,7 @@ the real architectures.
 The denoiser and the VAE decoder of each family are built at their released sizes on PyTorch's meta device (shapes,
 no memory, no weights) and run once under torch.utils.flop_counter at the run's resolution. A training step's cost
 a generated image is then, with D a denoiser forward, V a VAE decode, R a reward forward and T a prompt's text
-encoding (2 x parameters x tokens, summed over the
-family's text encoders), all at batch 1:
+encoding (2 x parameters x tokens, summed over the family's text encoders), all at batch 1:
 
     every draw             T: the prompts of each of the K + 1 batches are encoded afresh
     K fake-score updates   K x (D generator, no grad + 3 D fake forward and backward)
@@ -80,9 +79,9 @@ def pixart_transformer():
 
 
 def sd3_transformer():
-    """SD3.5 Medium's MMDiT-X (2.5B): SD3's joint blocks with QK normalisation and, in its first 13, a second
-    attention over the image tokens alone. Its text sequence is the CLIPs' 77 tokens followed by T5's 256 (zeros
-    without T5: the sequence keeps its length)."""
+    """SD3.5 Medium's MMDiT-X (2.24B parameters; its file's 2.47B add a fixed position table): SD3's joint blocks
+    with QK normalisation and, in its first 13, a second attention over the image tokens alone. Its text sequence is
+    the CLIPs' 77 tokens followed by T5's 256 (zeros without T5: the sequence keeps its length)."""
     from diffusers import SD3Transformer2DModel
 
     net = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,

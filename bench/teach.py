@@ -148,7 +148,7 @@ def blank_pipeline(family: str, side: int, folder: Path):
 
     transformer = PixArtTransformer2DModel(sample_size=side, num_layers=4, patch_size=1, attention_head_dim=32,
                                            num_attention_heads=2, caption_channels=32, in_channels=4,
-                                           out_channels=2 * 4, cross_attention_dim=64,
+                                           out_channels=8, cross_attention_dim=64,  # eps and a learned variance
                                            norm_elementwise_affine=False, norm_eps=1e-6, norm_type="ada_norm_single")
     text = T5EncoderModel(T5Config(vocab_size=32, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
                                    pad_token_id=0, eos_token_id=1))
