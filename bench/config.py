@@ -19,6 +19,7 @@ from bench.fields import param
 from bench.rewards import SCORERS, parse_reward, reward_text
 from bench.rewards.analytic import ANALYTIC_REWARDS
 from bench.store.runs import default_root
+from bench.train.trackers import parse_trackers
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -78,6 +79,8 @@ class RunConfig:
     threads: int = param(0, "torch CPU threads (0: OMP_NUM_THREADS if set, else 1 for the analytic world, whose small "
                          "tensors gain little from more, else this machine's cores over its processes)", ge=0)
     name: str = param("", "optional label stored with the run")
+    tracker: str = param("", "experiment trackers that mirror the run: tensorboard (comma-separated; empty: none; "
+                         "the logs go under the run's folder)", parse=parse_trackers)
     resume: str = param("", "continue a run: 'latest' or a run id (its saved configuration is used)")
     init: str = param("", "start the generator (its EMA weights) and the fake score from a run's last checkpoint, "
                       "by run id; the run must have the same backend settings")

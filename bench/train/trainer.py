@@ -33,6 +33,7 @@ from bench.provenance import folder_sha256, provenance
 from bench.store import Run, Store
 from bench.store.files import replace_folder
 from bench.train import checkpoint
+from bench.train.trackers import Trackers, check_installed
 
 FAKE_PHASE, GENERATOR_PHASE = 0, 1
 
@@ -167,6 +168,8 @@ class Trainer:
         # Autocast is ours, not accelerate's: its precision is fixed once per process, and a sweep or a
         # benchmark trains several configurations in one.
         self.precision = precision_of(cfg)
+        check_installed(cfg.tracker)  # before anything is built: a missing tracker is one line, not a late crash
+        self.trackers: Trackers | None = None
         size_thread_pools(cfg)
         self.accelerator = accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision="no")
         self.device = accelerator.device
@@ -364,16 +367,27 @@ class Trainer:
                 metrics, per_prompt = self.backend.evaluate(generator, cfg.samples, cfg.seed,
                                                             exact_kl=self.step in (0, self.cfg.train.steps))
                 if cfg.grid:
-                    self.backend.save_grid(generator, self.run.dir / "samples" / f"step_{self.step:06d}.png")
+                    grid = self.run.dir / "samples" / f"step_{self.step:06d}.png"
+                    self.backend.save_grid(generator, grid)
+                    if self.trackers is not None:
+                        self.trackers.log_grid(grid, self.step)
             generator.train()
-        self.run.log({"kind": "eval", "step": self.step, **metrics, "per_prompt": per_prompt})
+        self.record({"kind": "eval", "step": self.step, **metrics, "per_prompt": per_prompt})
         if self.on_eval is not None:
             self.on_eval(self.step, metrics)
         return metrics
 
+    def record(self, record: dict) -> None:
+        """A record of the run's metrics.jsonl, mirrored to its trackers."""
+        self.run.log(record)
+        if self.trackers is not None:
+            self.trackers.log(record)
+
     def fit(self) -> dict:
         train, counters = self.cfg.train, self.counters
         resumed = self.restore()
+        if self.main and self.cfg.tracker:  # after restore: a resumed run continues its tracker run by name
+            self.trackers = Trackers(self.cfg.tracker, self.run.id, self.run.dir, self.cfg.to_dict())
         if not resumed:
             if self.start is not None:
                 generator = self.unwrapped(self.generator)
@@ -392,7 +406,7 @@ class Trainer:
             if self.step % train.log_every == 0 or self.step == train.steps:
                 record = {key: sum(w[key] for w in window) / len(window) for key in window[0]}
                 if self.main:
-                    self.run.log({"kind": "train", "step": self.step, **record})
+                    self.record({"kind": "train", "step": self.step, **record})
                 bar.set_postfix(reward=f"{record['reward']:.3f}", div=f"{record.get('div', float('nan')):.3g}")
                 if lines is not None:
                     lines.update(self.step, record)
@@ -405,6 +419,8 @@ class Trainer:
             bar.update(1)
         bar.close()
         summary = self.summary()
+        if self.trackers is not None:
+            print(self.trackers.finish(summary), file=sys.stderr, flush=True)
         if self.main and hasattr(self.backend, "export"):
             with self.ema.applied(self.unwrapped(self.generator)) as generator:
                 self.backend.export(generator, self.run.dir / "pipeline", {"run": self.run.id, "step": self.step})

@@ -1,0 +1,62 @@
+"""Experiment trackers: what a tracker shows is what the run's metrics.jsonl holds, read back from the tracker's
+own files."""
+
+import json
+
+import pytest
+
+from bench.cli import main
+
+from conftest import bench
+
+
+def tensorboard_scalars(folder) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    scalars = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    images = {tag: [e.step for e in events.Images(tag)] for tag in events.Tags()["images"]}
+    return scalars, images
+
+
+def test_tensorboard_shows_every_record_of_the_run_at_its_step(results):
+    proc = bench("run", "method=di_pp", "train.steps=20", "train.eval_every=10", "train.log_every=5",
+                 "backend.hidden=32", "eval.samples=64", "tracker=tensorboard", results=results, check=True)
+    (run_dir,) = (results / "runs").iterdir()
+    assert f"tracker logs: {run_dir / 'trackers'}" in proc.stderr  # one line says where the logs went
+    scalars, images = tensorboard_scalars(run_dir / "trackers" / run_dir.name)  # the store's run id is its name
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    compared = 0
+    for record in records:
+        for key, value in record.items():
+            if key in ("kind", "step") or not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            assert scalars[f"{record['kind']}/{key}"][record["step"]] == pytest.approx(value, rel=1e-6), key
+            compared += 1
+    assert compared > 50 and {r["kind"] for r in records} == {"train", "eval"}
+    assert images["samples"] == [r["step"] for r in records if r["kind"] == "eval"]  # a grid an evaluation
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert scalars["summary/reward"][20] == pytest.approx(summary["metrics"]["reward"], rel=1e-6)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("foo", "unknown tracker 'foo'; choose from: tensorboard"),
+    ("wandb", "tracker=wandb is not wired yet; tracker=tensorboard is"),
+])
+def test_a_tracker_that_cannot_serve_is_one_line_before_training(value, message, capsys, results, monkeypatch):
+    monkeypatch.setenv("BENCH_RESULTS", str(results))
+    assert main(["run", f"tracker={value}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not results.exists()
+
+
+def test_a_tracker_whose_package_is_missing_says_how_to_install_it(capsys, results, monkeypatch):
+    import bench.train.trackers as trackers
+
+    monkeypatch.setenv("BENCH_RESULTS", str(results))
+    monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name: None)
+    assert main(["run", "tracker=tensorboard", "train.steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert 'needs the tensorboard package, which is not installed: pip install -e ".[trackers]"' in err
+    assert not results.exists()  # refused before the run has a folder: nothing half-written
