@@ -247,7 +247,8 @@ def report(summary: dict, run) -> str:
 
 RUNS_USAGE = """usage: bench runs list [--json] [status=S] [method=M] [results.dir=PATH]
        bench runs show RUN_ID [--json] [results.dir=PATH]
-       bench runs reindex [results.dir=PATH]      rebuild the index from the run folders"""
+       bench runs reindex [results.dir=PATH]      rebuild the index from the run folders
+       bench runs export RUN_ID... --to tensorboard  send finished runs to a tracker (into <run>/trackers/)"""
 
 
 def dry_run(args: list[str]) -> int:
@@ -302,7 +303,19 @@ def cmd_runs(args: list[str]) -> int:
     if action == "reindex":
         print(f"indexed {store.reindex()} runs in {store.root}")
         return 0
-    raise UsageError(f"unknown action 'runs {action}'{did_you_mean(action, ['list', 'show', 'reindex'])}")
+    if action == "export":
+        from bench.train.trackers import export, parse_trackers, where
+
+        if "--to" not in rest or rest.index("--to") + 1 >= len(rest):
+            raise UsageError("bench runs export takes run ids and --to TRACKER (tensorboard)")
+        at = rest.index("--to")
+        names, ids = parse_trackers(rest[at + 1]), rest[:at] + rest[at + 2:]
+        if not ids or not names:
+            raise UsageError("bench runs export takes run ids and --to TRACKER (tensorboard)")
+        for run in [store.get(run_id) for run_id in ids]:  # every id checked before anything is written
+            print(where(export(run, names)))
+        return 0
+    raise UsageError(f"unknown action 'runs {action}'{did_you_mean(action, ['list', 'show', 'reindex', 'export'])}")
 
 
 def runs_table(rows: list[dict]) -> str:

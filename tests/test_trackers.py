@@ -60,3 +60,17 @@ def test_a_tracker_whose_package_is_missing_says_how_to_install_it(capsys, resul
     err = capsys.readouterr().err
     assert 'needs the tensorboard package, which is not installed: pip install -e ".[trackers]"' in err
     assert not results.exists()  # refused before the run has a folder: nothing half-written
+
+
+def test_a_finished_run_exported_to_tensorboard_shows_what_a_live_mirror_shows(results):
+    args = ("run", "method=di_pp", "train.steps=10", "train.eval_every=5", "train.log_every=5", "backend.hidden=32",
+            "eval.samples=64")
+    bench(*args, "tracker=tensorboard", results=results, check=True)
+    bench(*args, results=results, check=True)  # the same run, not mirrored
+    live, later = sorted((results / "runs").iterdir(), key=lambda d: (d / "trackers").exists(), reverse=True)
+    proc = bench("runs", "export", later.name, "--to", "tensorboard", results=results, check=True)
+    assert f"tracker logs: {later / 'trackers'}" in proc.stdout
+    assert tensorboard_scalars(later / "trackers" / later.name) == tensorboard_scalars(live / "trackers" / live.name)
+    again = bench("runs", "export", later.name, "--to", "tensorboard", results=results)
+    assert again.returncode == 2 and "already has tracker logs" in again.stderr  # never doubled
+    assert not list(later.glob(".trackers*"))  # no partial folder left

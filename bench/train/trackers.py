@@ -54,11 +54,11 @@ class Trackers:
     """The run's trackers, open for its lifetime on the main process. A resumed run writes into the same folders
     under the same run name, so the tracker shows one run."""
 
-    def __init__(self, names: str, run_id: str, run_dir: Path, config: dict):
+    def __init__(self, names: str, run_id: str, folder: Path, config: dict):
         from accelerate.tracking import TensorBoardTracker
 
         check_installed(names)
-        self.folder = run_dir / FOLDER
+        self.folder = folder
         self.active = [TensorBoardTracker(run_id, str(self.folder)) for name in names.split(",") if
                        name == "tensorboard"]
         for tracker in self.active:
@@ -80,9 +80,38 @@ class Trackers:
         for tracker in self.active:
             tracker.log_images({"samples": image[None]}, step=step, dataformats="NHWC")
 
-    def finish(self, summary: dict) -> str:
-        """Close the trackers with the final summary's metrics; returns the line that says where the logs are."""
-        self.log({"kind": "summary", "step": summary.get("steps", 0), **summary.get("metrics", {})})
+    def finish(self, summary: dict | None) -> None:
+        """Close the trackers, with the final summary's metrics where the run has one."""
+        if summary:
+            self.log({"kind": "summary", "step": summary.get("steps", 0), **summary.get("metrics", {})})
         for tracker in self.active:
             tracker.finish()
-        return f"tracker logs: {self.folder} (tensorboard --logdir {self.folder})"
+
+
+def where(folder: Path) -> str:
+    return f"tracker logs: {folder} (tensorboard --logdir {folder})"
+
+
+def export(run, names: str) -> Path:
+    """A finished run of the store sent to a tracker afterwards: its records, grids and summary, as they would have
+    been mirrored live. Written beside the run's folder of trackers and swapped in whole; a run already there is
+    refused rather than doubled."""
+    import shutil
+
+    folder = run.dir / FOLDER
+    if (folder / run.id).exists():
+        raise UsageError(f"run {run.id} already has tracker logs in {folder / run.id}; remove that folder to export "
+                         "it again")
+    partial = run.dir / f".{FOLDER}.exporting"
+    shutil.rmtree(partial, ignore_errors=True)
+    trackers = Trackers(names, run.id, partial, run.config)
+    grids = {int(path.stem.split("_")[1]): path for path in (run.dir / "samples").glob("step_*.png")}
+    for record in run.records():
+        trackers.log(record)
+        if record["kind"] == "eval" and record["step"] in grids:
+            trackers.log_grid(grids[record["step"]], record["step"])
+    trackers.finish(run.summary)
+    folder.mkdir(exist_ok=True)
+    (partial / run.id).rename(folder / run.id)
+    shutil.rmtree(partial)
+    return folder
