@@ -248,7 +248,7 @@ def report(summary: dict, run) -> str:
 RUNS_USAGE = """usage: bench runs list [--json] [status=S] [method=M] [results.dir=PATH]
        bench runs show RUN_ID [--json] [results.dir=PATH]
        bench runs reindex [results.dir=PATH]      rebuild the index from the run folders
-       bench runs export RUN_ID... --to tensorboard  send finished runs to a tracker (into <run>/trackers/)"""
+       bench runs export RUN_ID... --to tensorboard|mlflow  send finished runs to a tracker"""
 
 
 def dry_run(args: list[str]) -> int:
@@ -304,16 +304,16 @@ def cmd_runs(args: list[str]) -> int:
         print(f"indexed {store.reindex()} runs in {store.root}")
         return 0
     if action == "export":
-        from bench.train.trackers import export, parse_trackers, where
+        from bench.train.trackers import export, parse_trackers
 
         if "--to" not in rest or rest.index("--to") + 1 >= len(rest):
-            raise UsageError("bench runs export takes run ids and --to TRACKER (tensorboard)")
+            raise UsageError("bench runs export takes run ids and --to TRACKER (tensorboard, mlflow)")
         at = rest.index("--to")
         names, ids = parse_trackers(rest[at + 1]), rest[:at] + rest[at + 2:]
         if not ids or not names:
-            raise UsageError("bench runs export takes run ids and --to TRACKER (tensorboard)")
+            raise UsageError("bench runs export takes run ids and --to TRACKER (tensorboard, mlflow)")
         for run in [store.get(run_id) for run_id in ids]:  # every id checked before anything is written
-            print(where(export(run, names)))
+            print(export(run, names))
         return 0
     raise UsageError(f"unknown action 'runs {action}'{did_you_mean(action, ['list', 'show', 'reindex', 'export'])}")
 

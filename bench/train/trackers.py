@@ -3,20 +3,24 @@
 The store's `metrics.jsonl` stays the record; a tracker gets a copy of every training and evaluation record at its
 step (`train/<key>`, `eval/<key>`), the resolved configuration, the sample grids as images and the final summary,
 under the store's run id as the tracker's run name. They go through accelerate's tracker classes, which the
-relatives use. TensorBoard is the one wired so far (it writes event files under the run's folder, offline by
-nature); W&B, MLflow and trackio are named so that asking for them says so in one line instead of failing later.
+relatives use, and stay offline: TensorBoard writes event files under the run's folder; MLflow writes to one local
+database a results store (`<results>/mlflow/`, every run of the store in one experiment), not to a server. W&B and
+trackio are named so that asking for them says so in one line instead of failing later.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 from bench.errors import UsageError
 
-SUPPORTED = {"tensorboard": ("tensorboard", "tensorboardX")}  # tracker -> the packages that can serve it
-NOT_YET = ("wandb", "mlflow", "trackio")
+SUPPORTED = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}  # tracker -> its packages
+NOT_YET = ("wandb", "trackio")
 FOLDER = "trackers"  # under the run's folder
+PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny"}  # what pip installs
+MLFLOW_FOLDER, MLFLOW_RUN_ID, EXPERIMENT = "mlflow", "mlflow_run_id", "bench"  # the store's database; a run's id file
 
 
 def parse_trackers(text: str) -> str:
@@ -24,8 +28,8 @@ def parse_trackers(text: str) -> str:
     names = [name.strip() for name in text.split(",") if name.strip()]
     for name in names:
         if name in NOT_YET:
-            raise UsageError(f"tracker={name} is not wired yet; tracker=tensorboard is (its logs go under the run's "
-                             f"folder), and every record is in the run's metrics.jsonl")
+            raise UsageError(f"tracker={name} is not wired yet; tensorboard and mlflow are (offline, beside the run), "
+                             "and every record is in the run's metrics.jsonl")
         if name not in SUPPORTED:
             raise UsageError(f"unknown tracker '{name}'; choose from: {', '.join(SUPPORTED)} (or leave tracker unset)")
     return ",".join(sorted(set(names)))
@@ -36,7 +40,7 @@ def check_installed(names: str) -> None:
     for name in filter(None, names.split(",")):
         if not any(importlib.util.find_spec(package) for package in SUPPORTED[name]):
             raise UsageError(f"tracker={name} needs the {SUPPORTED[name][0]} package, which is not installed: "
-                             f"pip install -e \".[trackers]\" (or pip install {SUPPORTED[name][0]})")
+                             f"pip install -e \".[trackers]\" (or pip install {PACKAGES[name]})")
 
 
 def flat(config: dict, prefix: str = "") -> dict:
@@ -50,19 +54,38 @@ def flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
-class Trackers:
-    """The run's trackers, open for its lifetime on the main process. A resumed run writes into the same folders
-    under the same run name, so the tracker shows one run."""
+def mlflow_store(run_dir: Path) -> Path:
+    """The results store's MLflow folder: runs live at <results>/runs/<id>."""
+    return run_dir.parent.parent / MLFLOW_FOLDER
 
-    def __init__(self, names: str, run_id: str, folder: Path, config: dict):
-        from accelerate.tracking import TensorBoardTracker
+
+class Trackers:
+    """The run's trackers, open for its lifetime on the main process. A resumed run continues its tracker run: the
+    same TensorBoard folder and name, the same MLflow run (its id is kept in the run's trackers folder)."""
+
+    def __init__(self, names: str, run_id: str, run_dir: Path, config: dict, folder: Path | None = None):
+        from accelerate.tracking import MLflowTracker, TensorBoardTracker
 
         check_installed(names)
-        self.folder = folder
-        self.active = [TensorBoardTracker(run_id, str(self.folder)) for name in names.split(",") if
-                       name == "tensorboard"]
+        self.folder = folder or run_dir / FOLDER
+        self.active, self.mlflow_uri = [], None
+        if "tensorboard" in names.split(","):
+            self.active.append(TensorBoardTracker(run_id, str(self.folder)))
+        if "mlflow" in names.split(","):
+            import mlflow
+
+            store = mlflow_store(run_dir)
+            store.mkdir(exist_ok=True)
+            self.mlflow_uri = uri = f"sqlite:///{store / 'mlflow.db'}"
+            mlflow.set_tracking_uri(uri)
+            kept = self.folder / MLFLOW_RUN_ID
+            self.active.append(MLflowTracker(EXPERIMENT, str(store / "artifacts"), run_name=run_id,
+                                             run_id=kept.read_text() if kept.exists() else None))
         for tracker in self.active:
             tracker.start()
+            if tracker.name == "mlflow":
+                self.folder.mkdir(parents=True, exist_ok=True)
+                (self.folder / MLFLOW_RUN_ID).write_text(tracker.active_run.info.run_id)
             tracker.store_init_configuration(flat(config))
 
     def log(self, record: dict) -> None:
@@ -78,7 +101,12 @@ class Trackers:
 
         image = np.asarray(Image.open(path).convert("RGB"))
         for tracker in self.active:
-            tracker.log_images({"samples": image[None]}, step=step, dataformats="NHWC")
+            if tracker.name == "mlflow":
+                import mlflow
+
+                mlflow.log_image(image, key="samples", step=step)
+            else:
+                tracker.log_images({"samples": image[None]}, step=step, dataformats="NHWC")
 
     def finish(self, summary: dict | None) -> None:
         """Close the trackers, with the final summary's metrics where the run has one."""
@@ -87,24 +115,25 @@ class Trackers:
         for tracker in self.active:
             tracker.finish()
 
+    def where(self) -> str:
+        """The line that says where the logs went and how to open them."""
+        places = [f"{self.folder} (tensorboard --logdir {self.folder})" for t in self.active if t.name == "tensorboard"]
+        if self.mlflow_uri:
+            places.append(f"{self.mlflow_uri} (mlflow ui --backend-store-uri {self.mlflow_uri})")
+        return "tracker logs: " + "; ".join(places)
 
-def where(folder: Path) -> str:
-    return f"tracker logs: {folder} (tensorboard --logdir {folder})"
 
-
-def export(run, names: str) -> Path:
-    """A finished run of the store sent to a tracker afterwards: its records, grids and summary, as they would have
-    been mirrored live. Written beside the run's folder of trackers and swapped in whole; a run already there is
-    refused rather than doubled."""
-    import shutil
-
+def export(run, names: str) -> str:
+    """A finished run of the store sent to trackers afterwards: its records, grids and summary, as they would have
+    been mirrored live. Written beside the run's folder of trackers and moved in when complete; a run already sent
+    to a tracker is refused rather than doubled."""
     folder = run.dir / FOLDER
-    if (folder / run.id).exists():
-        raise UsageError(f"run {run.id} already has tracker logs in {folder / run.id}; remove that folder to export "
-                         "it again")
+    for name, kept in (("tensorboard", folder / run.id), ("mlflow", folder / MLFLOW_RUN_ID)):
+        if name in names.split(",") and kept.exists():
+            raise UsageError(f"run {run.id} was already sent to {name} ({kept}); remove that to export it again")
     partial = run.dir / f".{FOLDER}.exporting"
     shutil.rmtree(partial, ignore_errors=True)
-    trackers = Trackers(names, run.id, partial, run.config)
+    trackers = Trackers(names, run.id, run.dir, run.config, folder=partial)
     grids = {int(path.stem.split("_")[1]): path for path in (run.dir / "samples").glob("step_*.png")}
     for record in run.records():
         trackers.log(record)
@@ -112,6 +141,8 @@ def export(run, names: str) -> Path:
             trackers.log_grid(grids[record["step"]], record["step"])
     trackers.finish(run.summary)
     folder.mkdir(exist_ok=True)
-    (partial / run.id).rename(folder / run.id)
-    shutil.rmtree(partial)
-    return folder
+    for entry in partial.iterdir():
+        entry.rename(folder / entry.name)
+    partial.rmdir()
+    trackers.folder = folder
+    return trackers.where()

@@ -33,8 +33,7 @@ from bench.provenance import folder_sha256, provenance
 from bench.store import Run, Store
 from bench.store.files import replace_folder
 from bench.train import checkpoint
-from bench.train.trackers import FOLDER as TRACKERS_FOLDER
-from bench.train.trackers import Trackers, check_installed, where
+from bench.train.trackers import Trackers, check_installed
 
 FAKE_PHASE, GENERATOR_PHASE = 0, 1
 
@@ -388,7 +387,7 @@ class Trainer:
         train, counters = self.cfg.train, self.counters
         resumed = self.restore()
         if self.main and self.cfg.tracker:  # after restore: a resumed run continues its tracker run by name
-            self.trackers = Trackers(self.cfg.tracker, self.run.id, self.run.dir / TRACKERS_FOLDER, self.cfg.to_dict())
+            self.trackers = Trackers(self.cfg.tracker, self.run.id, self.run.dir, self.cfg.to_dict())
         if not resumed:
             if self.start is not None:
                 generator = self.unwrapped(self.generator)
@@ -422,7 +421,7 @@ class Trainer:
         summary = self.summary()
         if self.trackers is not None:
             self.trackers.finish(summary)
-            print(where(self.trackers.folder), file=sys.stderr, flush=True)
+            print(self.trackers.where(), file=sys.stderr, flush=True)
         if self.main and hasattr(self.backend, "export"):
             with self.ema.applied(self.unwrapped(self.generator)) as generator:
                 self.backend.export(generator, self.run.dir / "pipeline", {"run": self.run.id, "step": self.step})
