@@ -304,6 +304,7 @@ def cmd_runs(args: list[str]) -> int:
         print(f"indexed {store.reindex()} runs in {store.root}")
         return 0
     if action == "export":
+        from bench.config import flatten
         from bench.train.trackers import export, parse_trackers
 
         if "--to" not in rest or rest.index("--to") + 1 >= len(rest):
@@ -313,7 +314,7 @@ def cmd_runs(args: list[str]) -> int:
         if not ids or not names:
             raise UsageError("bench runs export takes run ids and --to TRACKER (tensorboard, mlflow)")
         for run in [store.get(run_id) for run_id in ids]:  # every id checked before anything is written
-            print(export(run, names))
+            print(export(run, names, flatten(run.config)))
         return 0
     raise UsageError(f"unknown action 'runs {action}'{did_you_mean(action, ['list', 'show', 'reindex', 'export'])}")
 

@@ -43,17 +43,6 @@ def check_installed(names: str) -> None:
                              f"pip install -e \".[trackers]\" (or pip install {PACKAGES[name]})")
 
 
-def flat(config: dict, prefix: str = "") -> dict:
-    """A nested configuration as `section.key` scalars, which every tracker's hyperparameter table accepts."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
-    return out
-
-
 def mlflow_store(run_dir: Path) -> Path:
     """The results store's MLflow folder: runs live at <results>/runs/<id>."""
     return run_dir.parent.parent / MLFLOW_FOLDER
@@ -63,7 +52,8 @@ class Trackers:
     """The run's trackers, open for its lifetime on the main process. A resumed run continues its tracker run: the
     same TensorBoard folder and name, the same MLflow run (its id is kept in the run's trackers folder)."""
 
-    def __init__(self, names: str, run_id: str, run_dir: Path, config: dict, folder: Path | None = None):
+    def __init__(self, names: str, run_id: str, run_dir: Path, params: dict, folder: Path | None = None):
+        """`params`: the resolved configuration as `section.key` values (config.flatten), the hyperparameters."""
         from accelerate.tracking import MLflowTracker, TensorBoardTracker
 
         check_installed(names)
@@ -86,7 +76,9 @@ class Trackers:
             if tracker.name == "mlflow":
                 self.folder.mkdir(parents=True, exist_ok=True)
                 (self.folder / MLFLOW_RUN_ID).write_text(tracker.active_run.info.run_id)
-            tracker.store_init_configuration(flat(config))
+            # Every tracker's hyperparameter table takes scalars and strings.
+            tracker.store_init_configuration({key: value if isinstance(value, int | float | str | bool) else str(value)
+                                              for key, value in params.items()})
 
     def log(self, record: dict) -> None:
         """One record of metrics.jsonl: its numbers, under its kind, at its step."""
@@ -123,7 +115,7 @@ class Trackers:
         return "tracker logs: " + "; ".join(places)
 
 
-def export(run, names: str) -> str:
+def export(run, names: str, params: dict) -> str:
     """A finished run of the store sent to trackers afterwards: its records, grids and summary, as they would have
     been mirrored live. Written beside the run's folder of trackers and moved in when complete; a run already sent
     to a tracker is refused rather than doubled."""
@@ -133,7 +125,7 @@ def export(run, names: str) -> str:
             raise UsageError(f"run {run.id} was already sent to {name} ({kept}); remove that to export it again")
     partial = run.dir / f".{FOLDER}.exporting"
     shutil.rmtree(partial, ignore_errors=True)
-    trackers = Trackers(names, run.id, run.dir, run.config, folder=partial)
+    trackers = Trackers(names, run.id, run.dir, params, folder=partial)
     grids = {int(path.stem.split("_")[1]): path for path in (run.dir / "samples").glob("step_*.png")}
     for record in run.records():
         trackers.log(record)

@@ -25,7 +25,7 @@ from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
 from bench.backends import build_backend
-from bench.config import RunConfig
+from bench.config import RunConfig, flatten
 from bench.diffusion import broadcast, dsm_loss, noised
 from bench.errors import UsageError
 from bench.method import GeneratorBatch
@@ -387,7 +387,7 @@ class Trainer:
         train, counters = self.cfg.train, self.counters
         resumed = self.restore()
         if self.main and self.cfg.tracker:  # after restore: a resumed run continues its tracker run by name
-            self.trackers = Trackers(self.cfg.tracker, self.run.id, self.run.dir, self.cfg.to_dict())
+            self.trackers = Trackers(self.cfg.tracker, self.run.id, self.run.dir, flatten(self.cfg.to_dict()))
         if not resumed:
             if self.start is not None:
                 generator = self.unwrapped(self.generator)
