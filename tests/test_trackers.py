@@ -53,6 +53,16 @@ def test_a_tracker_that_cannot_serve_is_one_line_before_training(value, message,
     assert message in err and "Traceback" not in err and not results.exists()
 
 
+def test_an_mlflow_store_that_cannot_be_written_is_one_line_before_training(capsys, results, monkeypatch):
+    results.mkdir()
+    (results / "mlflow").write_text("not a folder")
+    monkeypatch.setenv("BENCH_RESULTS", str(results))
+    assert main(["run", "tracker=mlflow", "train.steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert f"tracker=mlflow keeps its database in {results / 'mlflow'}, but {results / 'mlflow'} is not a folder" in err
+    assert not (results / "runs").exists()  # nothing written
+
+
 def test_a_tracker_whose_package_is_missing_says_how_to_install_it(capsys, results, monkeypatch):
     import bench.train.trackers as trackers
 

@@ -11,6 +11,7 @@ trackio are named so that asking for them says so in one line instead of failing
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -41,6 +42,19 @@ def check_installed(names: str) -> None:
         if not any(importlib.util.find_spec(package) for package in SUPPORTED[name]):
             raise UsageError(f"tracker={name} needs the {SUPPORTED[name][0]} package, which is not installed: "
                              f"pip install -e \".[trackers]\" (or pip install {PACKAGES[name]})")
+
+
+def check_ready(names: str, results: Path) -> None:
+    """Before anything is built: each tracker installed, and MLflow's database folder in the results store one that
+    can be written (a file in its place, or a folder that is not writable, would fail after training began)."""
+    check_installed(names)
+    if "mlflow" not in names.split(","):
+        return
+    store = results / MLFLOW_FOLDER
+    nearest = next(path for path in (store, *store.parents) if path.exists())
+    if not (nearest.is_dir() and os.access(nearest, os.W_OK)):
+        raise UsageError(f"tracker=mlflow keeps its database in {store}, but {nearest} is not a folder this user can "
+                         "write to; point results.dir= at a writable store or remove what is in the way")
 
 
 def mlflow_store(run_dir: Path) -> Path:

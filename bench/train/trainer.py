@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -33,7 +34,7 @@ from bench.provenance import folder_sha256, provenance
 from bench.store import Run, Store
 from bench.store.files import replace_folder
 from bench.train import checkpoint
-from bench.train.trackers import Trackers, check_installed
+from bench.train.trackers import Trackers, check_ready
 
 FAKE_PHASE, GENERATOR_PHASE = 0, 1
 
@@ -168,7 +169,8 @@ class Trainer:
         # Autocast is ours, not accelerate's: its precision is fixed once per process, and a sweep or a
         # benchmark trains several configurations in one.
         self.precision = precision_of(cfg)
-        check_installed(cfg.tracker)  # before anything is built: a missing tracker is one line, not a late crash
+        # Before anything is built: a tracker that cannot start is one line, not a crash once training began.
+        check_ready(cfg.tracker, Path(cfg.results.dir))
         self.trackers: Trackers | None = None
         size_thread_pools(cfg)
         self.accelerator = accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision="no")
