@@ -307,10 +307,8 @@ def cmd_runs(args: list[str]) -> int:
         from bench.config import flatten
         from bench.train.trackers import export, parse_trackers
 
-        if "--to" not in rest or rest.index("--to") + 1 >= len(rest):
-            raise UsageError("bench runs export takes run ids and --to TRACKER (tensorboard, mlflow)")
-        at = rest.index("--to")
-        names, ids = parse_trackers(rest[at + 1]), rest[:at] + rest[at + 2:]
+        at = rest.index("--to") if "--to" in rest else len(rest)
+        names, ids = parse_trackers(" ".join(rest[at + 1:at + 2])), rest[:at] + rest[at + 2:]
         if not ids or not names:
             raise UsageError("bench runs export takes run ids and --to TRACKER (tensorboard, mlflow)")
         for run in [store.get(run_id) for run_id in ids]:  # every id checked before anything is written

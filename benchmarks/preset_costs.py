@@ -8,15 +8,12 @@ Counts FLOPs and activations on the meta device (no weights, no GPU); a minute o
 
 from __future__ import annotations
 
-from bench.config import PRESET_DIR, build_config
+from bench.config import OUR_PRESETS, PRESET_DIR, build_config
 from bench.estimate import estimate
 
-OURS = ("distill", "smoke", "wide16")
 
-
-def describe(cfg) -> str:
-    """What sets a preset's cost apart: its side, checkpointing, fake updates and denoise steps."""
-    side = cfg.backend.resolution or {"sdxl": 1024, "sd3": 1024}.get(cfg.backend.name, 512)
+def describe(cfg, side: int) -> str:
+    """What sets a preset's cost apart: its side, checkpointing, LoRA, fake updates and denoise steps."""
     notes = [f"{side} px"]
     if cfg.backend.grad_ckpt:
         notes.append("checkpointed")
@@ -34,18 +31,18 @@ def main() -> None:
           "(+ the decoder's group) | per-GPU batch, H100 / H200 (decoding the whole batch) | H100 SXM | A100 80GB "
           "| L40S |\n|---|---|---|---|---|---|---|---|---|")
     for path in sorted(PRESET_DIR.glob("*.yaml")):
-        if path.stem in OURS:
+        if path.stem in OUR_PRESETS:
             continue
         cfg = build_config([f"preset={path.stem}"])
         e = estimate(cfg)
         whole = estimate(build_config([f"preset={path.stem}", "backend.decode_batch=0"]))
 
-        def batch(gpu: str, e=e, whole=whole) -> str:
+        def batch(gpu: str, e=e, whole=whole) -> tuple[str, str]:
             return f"{e['batch_per_gpu'][gpu] or '-'}", f"{whole['batch_per_gpu'][gpu] or '-'}"
 
         (h100, h100_whole), (h200, h200_whole) = batch("H100 SXM"), batch("H200")
         hours = " | ".join(f"{e['gpu_hours'][gpu]:,.1f} h" for gpu in ("H100 SXM", "A100 80GB", "L40S"))
-        print(f"| `{path.stem}` ({describe(cfg)}) | {e['step_tflops_per_image']:.1f} | {e['images']:,} | "
+        print(f"| `{path.stem}` ({describe(cfg, e['side'])}) | {e['step_tflops_per_image']:.1f} | {e['images']:,} | "
               f"{e['memory_gb']:.0f} GB | {e['activations_gb_per_image']:.1f} GB (+ {e['decoder_group_gb']:.1f}) | "
               f"{h100} / {h200} ({h100_whole} / {h200_whole}) | {hours} |", flush=True)
 

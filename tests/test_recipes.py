@@ -7,12 +7,10 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.config import PRESET_DIR, build_config
+from bench.config import OUR_PRESETS, PRESET_DIR, build_config
 from bench.estimate import GPUS, count, estimate
 
-# Our own presets (no paper's recipe): the rest must source every value.
-OURS = ("distill", "smoke", "wide16")
-RECIPES = sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem not in OURS)
+RECIPES = sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem not in OUR_PRESETS)  # each sources every value
 
 
 @pytest.fixture(autouse=True)

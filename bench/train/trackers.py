@@ -50,40 +50,42 @@ def check_ready(names: str, results: Path) -> None:
     check_installed(names)
     if "mlflow" not in names.split(","):
         return
-    store = results / MLFLOW_FOLDER
+    store = mlflow_store(results)
     nearest = next(path for path in (store, *store.parents) if path.exists())
     if not (nearest.is_dir() and os.access(nearest, os.W_OK)):
         raise UsageError(f"tracker=mlflow keeps its database in {store}, but {nearest} is not a folder this user can "
                          "write to; point results.dir= at a writable store or remove what is in the way")
 
 
-def mlflow_store(run_dir: Path) -> Path:
-    """The results store's MLflow folder: runs live at <results>/runs/<id>."""
-    return run_dir.parent.parent / MLFLOW_FOLDER
+def mlflow_store(results: Path) -> Path:
+    """The results store's MLflow folder: one database for every run of the store."""
+    return Path(results) / MLFLOW_FOLDER
 
 
 class Trackers:
     """The run's trackers, open for its lifetime on the main process. A resumed run continues its tracker run: the
     same TensorBoard folder and name, the same MLflow run (its id is kept in the run's trackers folder)."""
 
-    def __init__(self, names: str, run_id: str, run_dir: Path, params: dict, folder: Path | None = None):
-        """`params`: the resolved configuration as `section.key` values (config.flatten), the hyperparameters."""
+    def __init__(self, names: str, run, params: dict, folder: Path | None = None):
+        """`run`: the store's run; `params`: its resolved configuration as `section.key` values (config.flatten), the
+        hyperparameters; `folder`: where its tracker files go (its trackers folder unless given)."""
         from accelerate.tracking import MLflowTracker, TensorBoardTracker
 
         check_installed(names)
-        self.folder = folder or run_dir / FOLDER
+        wanted = names.split(",")
+        self.folder = folder or run.dir / FOLDER
         self.active, self.mlflow_uri = [], None
-        if "tensorboard" in names.split(","):
-            self.active.append(TensorBoardTracker(run_id, str(self.folder)))
-        if "mlflow" in names.split(","):
+        if "tensorboard" in wanted:
+            self.active.append(TensorBoardTracker(run.id, str(self.folder)))
+        if "mlflow" in wanted:
             import mlflow
 
-            store = mlflow_store(run_dir)
+            store = mlflow_store(run.store.root)
             store.mkdir(exist_ok=True)
             self.mlflow_uri = uri = f"sqlite:///{store / 'mlflow.db'}"
             mlflow.set_tracking_uri(uri)
             kept = self.folder / MLFLOW_RUN_ID
-            self.active.append(MLflowTracker(EXPERIMENT, str(store / "artifacts"), run_name=run_id,
+            self.active.append(MLflowTracker(EXPERIMENT, str(store / "artifacts"), run_name=run.id,
                                              run_id=kept.read_text() if kept.exists() else None))
         for tracker in self.active:
             tracker.start()
@@ -139,7 +141,7 @@ def export(run, names: str, params: dict) -> str:
             raise UsageError(f"run {run.id} was already sent to {name} ({kept}); remove that to export it again")
     partial = run.dir / f".{FOLDER}.exporting"
     shutil.rmtree(partial, ignore_errors=True)
-    trackers = Trackers(names, run.id, run.dir, params, folder=partial)
+    trackers = Trackers(names, run, params, folder=partial)
     grids = {int(path.stem.split("_")[1]): path for path in (run.dir / "samples").glob("step_*.png")}
     for record in run.records():
         trackers.log(record)

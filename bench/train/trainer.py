@@ -389,7 +389,7 @@ class Trainer:
         train, counters = self.cfg.train, self.counters
         resumed = self.restore()
         if self.main and self.cfg.tracker:  # after restore: a resumed run continues its tracker run by name
-            self.trackers = Trackers(self.cfg.tracker, self.run.id, self.run.dir, flatten(self.cfg.to_dict()))
+            self.trackers = Trackers(self.cfg.tracker, self.run, flatten(self.cfg.to_dict()))
         if not resumed:
             if self.start is not None:
                 generator = self.unwrapped(self.generator)
