@@ -146,9 +146,9 @@ def cmd_run(args: list[str]) -> int:
 
 
 def main_process() -> bool:
-    from accelerate import PartialState
+    from bench.processes import process_state
 
-    return PartialState().is_main_process
+    return process_state().is_main_process
 
 
 def writer(run, main: bool):
@@ -248,7 +248,7 @@ def report(summary: dict, run) -> str:
 RUNS_USAGE = """usage: bench runs list [--json] [status=S] [method=M] [results.dir=PATH]
        bench runs show RUN_ID [--json] [results.dir=PATH]
        bench runs reindex [results.dir=PATH]      rebuild the index from the run folders
-       bench runs export RUN_ID... --to tensorboard|mlflow  send finished runs to a tracker"""
+       bench runs export RUN_ID... --to tensorboard|mlflow|wandb|trackio  send finished runs to a tracker"""
 
 
 def dry_run(args: list[str]) -> int:
@@ -310,7 +310,7 @@ def cmd_runs(args: list[str]) -> int:
         at = rest.index("--to") if "--to" in rest else len(rest)
         names, ids = parse_trackers(" ".join(rest[at + 1:at + 2])), rest[:at] + rest[at + 2:]
         if not ids or not names:
-            raise UsageError("bench runs export takes run ids and --to TRACKER (tensorboard, mlflow)")
+            raise UsageError("bench runs export takes run ids and --to TRACKER (tensorboard, mlflow, wandb, trackio)")
         for run in [store.get(run_id) for run_id in ids]:  # every id checked before anything is written
             print(export(run, names, flatten(run.config)))
         return 0
@@ -476,6 +476,8 @@ def cmd_eval(args: list[str]) -> int:
     if "run" in options:
         run = store.latest() if options["run"] == "latest" else store.get(options["run"])
     run, summary = evaluate(store, request, run=run, pipeline=options.get("pipeline"), progress=show_progress())
+    if summary is None:  # another process of an accelerate launch: the main one reports
+        return 0
     lines = [f"evaluation {summary['eval_id']} of run {run.id}: {summary['protocol']['images']} images"]
     lines += [f"  {key:<14}{value:>10.4g}" for key, value in summary["metrics"].items()]
     if "table" in summary:

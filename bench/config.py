@@ -81,8 +81,9 @@ class RunConfig:
     threads: int = param(0, "torch CPU threads (0: OMP_NUM_THREADS if set, else 1 for the analytic world, whose small "
                          "tensors gain little from more, else this machine's cores over its processes)", ge=0)
     name: str = param("", "optional label stored with the run")
-    tracker: str = param("", "experiment trackers that mirror the run: tensorboard, mlflow (comma-separated; empty: "
-                         "none; offline, beside the run and in the results store)", parse=parse_trackers)
+    tracker: str = param("", "experiment trackers that mirror the run: tensorboard, mlflow, wandb, trackio "
+                         "(comma-separated; empty: none; offline, beside the run and in the results store)",
+                         parse=parse_trackers)
     resume: str = param("", "continue a run: 'latest' or a run id (its saved configuration is used)")
     init: str = param("", "start the generator (its EMA weights) and the fake score from a run's last checkpoint, "
                       "by run id; the run must have the same backend settings")

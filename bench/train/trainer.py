@@ -386,6 +386,14 @@ class Trainer:
             self.trackers.log(record)
 
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        except BaseException:
+            if self.trackers is not None:  # a run that raised leaves no tracker run open as if still going
+                self.trackers.fail()
+            raise
+
+    def _fit(self) -> dict:
         train, counters = self.cfg.train, self.counters
         resumed = self.restore()
         if self.main and self.cfg.tracker:  # after restore: a resumed run continues its tracker run by name
