@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,17 @@ def bench_process(*args, results=None, env=None) -> subprocess.Popen:
     """Start `bench` in the background, for tests that interrupt it."""
     return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env=bench_env(results, env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def launched(processes: int, *args: str) -> list[str]:
+    """The command line of `bench ARGS` under `accelerate launch` with `processes` CPU processes (gloo), on a free
+    port so that parallel tests do not meet."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--cpu"]
+    return [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "bench", *args]
 
 
 def wait_until(condition, *, proc=None, timeout=120.0, interval=0.02):

@@ -1,8 +1,10 @@
 """`bench eval` on analytic-world runs and diffusers pipelines: protocol, per-image scores, resume, errors."""
 
 import json
+import os
 import shutil
 import signal
+import subprocess
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from bench.store import Store
 from bench.store.files import read_jsonl
 from bench.train.checkpoint import EMA_FILE
 
-from conftest import ROOT, bench, bench_process, wait_until
+from conftest import ROOT, bench, bench_env, bench_process, launched, wait_until
 from random_weights import write_inception, write_weights
 from tiny_pipelines import tiny_sd15
 
@@ -287,3 +289,57 @@ def test_a_named_protocol_puts_the_papers_rows_beside_ours_on_the_leaderboard(re
     assert list(table["status"]) == ["measured", "reported"]
     assert table["run"].iloc[1] == "a paper, Table 1" and table["hpsv2.1"].iloc[1] == 31.0
     assert "protocol hpsv2-benchmark" in " ".join(str(h.value) for h in at.subheader).replace("\\", "")
+
+
+def same_files(a, b) -> bool:
+    """The same relative paths with the same bytes in two folders."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and all(
+        (a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_an_evaluation_split_over_two_processes_writes_what_one_process_writes(assets, tmp_path):
+    """Images, score lines, scorers and FID under `accelerate launch` with two gloo processes, against one."""
+    args = ["eval", f"pipeline={assets['pipeline']}", "prompts=builtin", "subset=6", "n=2", "seed=1", "batch=2",
+            "metrics=pickscore,aesthetic", f"weights={assets['weights']}", f"fid_ref={assets['reference']}",
+            f"inception={assets['inception']}", f"inception_sha256={file_sha256(assets['inception'])}"]
+    two = subprocess.run(launched(2, *args), capture_output=True, text=True, cwd=ROOT,
+                         env=bench_env(tmp_path / "two"), timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("evaluation builtin-n2-sub6-seed1") == 1  # the main process reports, once
+    bench(*args, results=tmp_path / "one", check=True)
+    (run_id,) = [d.name for d in (tmp_path / "one" / "runs").iterdir()]
+    one, split = eval_dir(tmp_path / "one", run_id, "builtin-n2-sub6-seed1"), eval_dir(tmp_path / "two", run_id,
+                                                                                      "builtin-n2-sub6-seed1")
+    assert same_files(one / "images", split / "images") and len(list((one / "images").rglob("*.jpg"))) == 12
+    assert (one / "scores.jsonl").read_bytes() == (split / "scores.jsonl").read_bytes()
+    assert not list(split.glob("scores.part*"))  # merged
+    a, b = (json.loads((folder / "summary.json").read_text()) for folder in (one, split))
+    assert a["metrics"] == b["metrics"] and set(a["metrics"]) == {"pickscore", "aesthetic", "fid"}
+    assert (a["processes"], b["processes"]) == (1, 2)
+
+
+def test_a_killed_two_process_evaluation_resumes_to_what_one_process_gives(results, trained, tmp_path):
+    twin = tmp_path / "twin"
+    shutil.copytree(results, twin)
+    args = ["eval", f"run={trained}", "n=256", "batch=16"]
+    folder = eval_dir(results, trained, "analytic-n256-seed0")
+    proc = subprocess.Popen(launched(2, *args), cwd=ROOT, env=bench_env(results), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: sum(len(read_jsonl(path)) for path in folder.glob("scores.part*.jsonl")) >= 64, proc=proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both processes
+    proc.wait()
+    parts = {r["index"] for path in folder.glob("scores.part*.jsonl") for r in read_jsonl(path)}
+    assert len(list(folder.glob("scores.part*.jsonl"))) == 2 and 0 < len(parts) < 2048
+    stamps = {i: (folder / "images" / f"{i:05d}.png").stat().st_mtime_ns for i in parts}
+
+    resumed = subprocess.run(launched(2, *args), capture_output=True, text=True, cwd=ROOT, env=bench_env(results),
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert all((folder / "images" / f"{i:05d}.png").stat().st_mtime_ns == stamps[i] for i in parts)  # not redone
+    bench(*args, results=twin, check=True)  # one process, in one go
+    whole = eval_dir(twin, trained, "analytic-n256-seed0")
+    assert (folder / "scores.jsonl").read_bytes() == (whole / "scores.jsonl").read_bytes()
+    assert same_files(folder / "images", whole / "images") and not list(folder.glob("scores.part*"))
+    a, b = (json.loads((f / "summary.json").read_text()) for f in (folder, whole))
+    assert a["metrics"] == b["metrics"] and a["per_prompt"] == b["per_prompt"]

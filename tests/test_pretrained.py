@@ -3,7 +3,6 @@ parallelism, export, and the messages a user sees when a model is missing."""
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from bench.config import build_config
 from bench.store import Store
 from bench.train.trainer import GENERATOR_PHASE, Trainer
 
-from conftest import ROOT, backend_args, bench_env
+from conftest import ROOT, backend_args, bench_env, launched
 
 BACKENDS = ["sd15", "pixart_alpha", "sdxl", "sd3"]
 
@@ -153,12 +152,8 @@ def without(args: list[str], key: str) -> list[str]:
 
 def launch(tiny_models, results, processes: int, backend: str):
     """`bench run` on a tiny pipeline, under `accelerate launch` with `processes` CPU processes (gloo)."""
-    launcher = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--cpu"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + processes),
-               "-m", "bench", "run", *without(backend_args(tiny_models, backend), "train.batch_size"),
-               "train.batch_size=4", "train.steps=3",
-               "eval.grid=false"]
+    command = launched(processes, "run", *without(backend_args(tiny_models, backend), "train.batch_size"),
+                       "train.batch_size=4", "train.steps=3", "eval.grid=false")
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=bench_env(results), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = Store(results).rows()

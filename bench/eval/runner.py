@@ -11,6 +11,12 @@ What is evaluated is a run of this suite (`run=ID`) or any diffusers pipeline fo
 baseline such as a published one-step model), which gets a run entry of its own in the store. Image i's noise
 depends on (seed, i) only, so batching and interruption change nothing: a resumed evaluation skips the images
 already scored and ends with the numbers an uninterrupted one gives.
+
+Under `accelerate launch -m bench eval ...` the processes share the work: each takes every P-th batch of the
+images still to do, on its own device, and writes its score lines to scores.part<rank>.jsonl; the main process
+then merges them into scores.jsonl in index order and computes what needs every image (the exact metrics, FID).
+The same batches, the same files, the same numbers as one process; a killed evaluation resumes under any number
+of processes, since the part files count as done.
 """
 
 from __future__ import annotations
@@ -120,7 +126,7 @@ class AnalyticSource:
 class PipelineSource:
     """A diffusers pipeline folder sampled in `steps` steps, each image with its own seeded generator."""
 
-    def __init__(self, source: str, request: EvalRequest):
+    def __init__(self, source: str, request: EvalRequest, device: torch.device):
         from bench.backends.diffusers_io import load_pipeline, pipeline_folder
 
         self.source, self.path = source, pipeline_folder(source)
@@ -131,7 +137,7 @@ class PipelineSource:
         # elsewhere ('../x', '/x').
         label = re.sub(r"[^A-Za-z0-9._-]+", "-", str(named or Path(source.rstrip("/")).name)).strip(".-")
         self.label = label or "pipeline"
-        self.pipe = load_pipeline(self.path)
+        self.pipe = load_pipeline(self.path).to(device)
         self.pipe.set_progress_bar_config(disable=True)  # one bar, ours, counts images
         self.request = request
         self.prompt_set = load_prompt_set(request.prompts)
@@ -152,8 +158,8 @@ class PipelineSource:
         generators = [noise_generator(seed, i) for i in indices]
         images = self.pipe(prompt=texts, num_inference_steps=r.steps,
                            guidance_scale=r.guidance, generator=generators, output_type="pt", **size).images
-        images = images.float().cpu().clamp(0, 1)
-        pil = [to_pil(image) for image in images]
+        images = images.float().clamp(0, 1)
+        pil = [to_pil(image.cpu()) for image in images]
         return images, pil, {}
 
     def exact_metrics(self, folder, total, per_prompt, seed):
@@ -192,14 +198,20 @@ def pipeline_run(store: Store, source: PipelineSource) -> Run:
 
 
 def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipeline: str | None = None,
-             progress: bool = False) -> tuple[Run, dict]:
+             progress: bool = False) -> tuple[Run, dict | None]:
+    """The evaluation, on this process's share of the images; the summary on the main process (None elsewhere)."""
+    from bench.processes import process_state
     from bench.rewards import load_scorer
 
-    source = AnalyticSource(run, request) if run is not None else PipelineSource(pipeline, request)
-    run = run or pipeline_run(store, source)
+    state = process_state()  # one process unless started by accelerate launch
+    rank, world = state.process_index, state.num_processes
+    source = AnalyticSource(run, request) if run is not None else PipelineSource(pipeline, request, state.device)
+    if run is None:
+        with state.main_process_first():  # the main process creates the pipeline's store entry, the others read it
+            run = pipeline_run(store, source)
     prompts = source.prompt_set.subset(request.subset, request.seed) if request.subset else source.prompt_set
-    scorers = {name: load_scorer(name, request.weights) for name in request.metrics}
-    fid = fid_setup(request) if request.fid_ref else None
+    scorers = {name: load_scorer(name, request.weights).to(state.device) for name in request.metrics}
+    fid = fid_setup(request, state.device) if request.fid_ref else None  # every process: each checks the pin
     folder = run.dir / "evals" / request.eval_id
     total = request.n * len(prompts.prompts)
     protocol = {
@@ -213,39 +225,52 @@ def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipe
                 "inception_sha256": fid["inception"].sha256} if fid else None,
     }
     saved = folder / "protocol.json"
+    # Every process checks (the same files, the same answer), so none waits on one that refused.
     if saved.exists() and json.loads(saved.read_text()) != protocol:
         raise UsageError(f"{folder} holds an evaluation under another protocol (the checkpoint, pipeline or a "
                          "metric changed?); remove that folder or evaluate with another seed=")
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(saved, protocol)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(saved, protocol)
+    state.wait_for_everyone()
 
     paths = image_paths(folder, prompts, request.n)
-    done = {r["index"] for r in read_jsonl(folder / "scores.jsonl")}
+    done = {r["index"] for path in score_files(folder) for r in read_jsonl(path)}
     todo = [i for i in range(total) if i not in done]
-    bar = tqdm(total=total, initial=total - len(todo), desc=f"eval {run.id}", unit="img", disable=not progress)
-    for start in range(0, len(todo), request.batch):
-        indices = todo[start:start + request.batch]
+    batches = [todo[start:start + request.batch] for start in range(0, len(todo), request.batch)]
+    lines_file = folder / ("scores.jsonl" if world == 1 else f"scores.part{rank}.jsonl")
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"eval {run.id}", unit="img",
+               disable=not (progress and state.is_main_process))
+    for number, indices in enumerate(batches):
+        if number % world != rank:
+            continue
         prompt_ids = [i // request.n for i in indices]
         texts = [prompts.prompts[p] for p in prompt_ids]
         images, pil, scores = source.generate(indices, prompt_ids, texts, request.seed, folder)
+        images = images.to(state.device)
         scores = {**scores, **{name: scorer.score(images, texts) for name, scorer in scorers.items()}}
-        # Images first, score lines last: a line in scores.jsonl means its image is complete.
+        scores = {name: torch.as_tensor(values).float().cpu().tolist() for name, values in scores.items()}
+        # Images first, score lines last: a line in a scores file means its image is complete.
         for i, picture in zip(indices, pil, strict=True):
             path = paths[i]
             path.parent.mkdir(parents=True, exist_ok=True)
             buffer = io.BytesIO()
             picture.save(buffer, format="JPEG" if path.suffix == ".jpg" else "PNG", quality=95)
             atomic_write_bytes(path, buffer.getvalue())
-        with open(folder / "scores.jsonl", "a") as handle:
+        with open(lines_file, "a") as handle:
             for k, i in enumerate(indices):
                 line = {"index": i, "caption": texts[k], "seed": request.seed,
                         "image": paths[i].relative_to(folder).as_posix(),
                         **{name: float(values[k]) for name, values in scores.items()}}
                 handle.write(json.dumps(line) + "\n")
-        bar.update(len(indices))
+        bar.update(sum(len(batch) for batch in batches[number:number + world]))  # this round, every process
     bar.close()
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return run, None
 
-    lines = sorted(read_jsonl(folder / "scores.jsonl"), key=lambda r: r["index"])
+    lines = merge_scores(folder)
     metrics, rows = source.exact_metrics(folder, total, request.n, request.seed)
     names = [key for key in lines[0] if key not in ("index", "caption", "seed", "image")]
     metrics |= {name: sum(r[name] for r in lines) / len(lines) for name in names if name not in metrics}
@@ -253,7 +278,7 @@ def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipe
     if fid:
         metrics["fid"] = fid_of(folder, fid, request, store.root, progress)
     summary = {"run": run.id, "eval_id": request.eval_id, "protocol": protocol, "metrics": metrics,
-               "per_prompt": rows, "provenance": provenance(run.config, "cpu")}
+               "per_prompt": rows, "provenance": provenance(run.config, "cpu"), "processes": world}
     if request.protocol:
         from bench.eval.protocols import markdown, table
 
@@ -264,6 +289,24 @@ def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipe
     return run, summary
 
 
+def score_files(folder: Path) -> list[Path]:
+    """scores.jsonl and the part files of processes that have not been merged yet (a killed launch's)."""
+    return [folder / "scores.jsonl", *sorted(folder.glob("scores.part*.jsonl"))]
+
+
+def merge_scores(folder: Path) -> list[dict]:
+    """Every score line, one an image in index order; the part files folded into scores.jsonl (written whole
+    first, then the parts removed: a crash in between leaves lines twice, which the next merge drops)."""
+    parts = score_files(folder)[1:]
+    lines = sorted({r["index"]: r for path in score_files(folder) for r in read_jsonl(path)}.values(),
+                   key=lambda r: r["index"])
+    if parts:
+        atomic_write_bytes(folder / "scores.jsonl", "".join(json.dumps(r) + "\n" for r in lines).encode())
+        for path in parts:
+            path.unlink()
+    return lines
+
+
 def per_prompt_means(lines: list[dict], names: list[str]) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for line in lines:
@@ -272,10 +315,10 @@ def per_prompt_means(lines: list[dict], names: list[str]) -> list[dict]:
             for caption, group in groups.items()]
 
 
-def fid_setup(request: EvalRequest) -> dict:
+def fid_setup(request: EvalRequest, device: torch.device) -> dict:
     from bench.eval.fid import PROTOCOL, Inception, locate_inception
 
-    return {"protocol": PROTOCOL, "inception": Inception(locate_inception(request.inception), torch.device("cpu"),
+    return {"protocol": PROTOCOL, "inception": Inception(locate_inception(request.inception), device,
                                                           request.inception_sha256)}
 
 
