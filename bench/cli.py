@@ -129,6 +129,7 @@ def cmd_run(args: list[str]) -> int:
             cfg = config_from_dict(run.config)
             cfg.results.dir, cfg.device = str(store.root), device
             check_device(cfg)
+            check_shards(cfg, run)
             trainer = new_trainer(cfg, None)
 
             def reopen():
@@ -143,6 +144,16 @@ def cmd_run(args: list[str]) -> int:
     trainer.attach(lambda: store.create(cfg.to_dict()))
     with writer(trainer.run, trainer.main):
         return train_run(trainer)
+
+
+def check_shards(cfg, run) -> None:
+    """A sharded run resumes under the number of processes that wrote its checkpoint's shards."""
+    from bench.processes import process_state
+    from bench.train import checkpoint
+
+    folder = checkpoint.last_checkpoint(run)
+    if cfg.train.parallel == "fsdp" and folder is not None:
+        checkpoint.check_processes(folder, process_state().num_processes)
 
 
 def main_process() -> bool:

@@ -48,6 +48,9 @@ class TrainConfig:
     ckpt_every: int = param(200, "steps between checkpoints (the last step is always saved)", ge=1)
     precision: str = param("auto", "fp32, or bf16 autocast (auto: bf16 on a GPU, fp32 on the CPU)",
                            choices=("auto", "fp32", "bf16"))
+    parallel: str = param("ddp", "how the processes of a launch share the trained networks: ddp (each holds them "
+                          "whole) or fsdp (each holds 1/P of their weights, gradients, optimiser states and EMA; "
+                          "README, Sharded training)", choices=("ddp", "fsdp"))
 
 
 @dataclass

@@ -262,6 +262,21 @@ def estimate(cfg) -> dict:
             "fits": {gpu: size > 0 for gpu, size in batch.items()}}
 
 
+INCEPTION_FLOPS = 11.5e9  # FID's Inception v3 at 299 px: 5.7 G multiply-adds an image
+
+
+def eval_estimate(family: str, metrics: tuple[str, ...], images: int, side: int = 0, steps: int = 1,
+                  fid: bool = True) -> dict:
+    """The cost of `bench eval` of a `steps`-step generator of the family: counted FLOPs an image (prompt encoding,
+    denoiser, VAE decode, each scorer, FID's features) and hours on each GPU type's (and 8 of them) at MFU."""
+    counted = count(family, side or FAMILIES[family][1])
+    text = sum(2 * params * tokens for params, tokens in TEXT_ENCODERS[family])
+    per_image = text + steps * counted.denoiser_flops + counted.vae_decode_flops \
+        + sum(2 * REWARDS[name] * REWARD_TOKENS for name in metrics) + fid * INCEPTION_FLOPS
+    hours = {gpu: images * per_image / (peak * 1e12 * MFU) / 3600 for gpu, (peak, _) in GPUS.items()}
+    return {"tflops_per_image": per_image / 1e12, "gpu_hours": hours, "mfu": MFU}
+
+
 def report(cfg) -> str:
     if cfg.backend.name == "analytic":
         return ("no estimate for the analytic world: it runs on the CPU in seconds to minutes "

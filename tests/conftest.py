@@ -1,3 +1,4 @@
+import contextlib
 import os
 import socket
 import subprocess
@@ -54,6 +55,20 @@ def launched(processes: int, *args: str) -> list[str]:
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "bench", *args]
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and every process it started, and wait for them all: torch's launcher starts each worker
+    in a session of its own, out of reach of a signal to the launcher's group."""
+    import psutil
+
+    launcher = psutil.Process(proc.pid)
+    every = [launcher, *launcher.children(recursive=True)]
+    for process in every:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(every, timeout=60)
+    proc.wait()
+
+
 def wait_until(condition, *, proc=None, timeout=120.0, interval=0.02):
     """Poll `condition()` until it returns something truthy, which is returned. Fails if `proc` ends first
     (the moment a test wanted to interrupt has passed) or when the time is up."""
@@ -93,6 +108,10 @@ def backend_args(tiny_models: dict, backend: str) -> list[str]:
         return ["backend.hidden=32"]
     return [f"backend={backend}", f"backend.model={tiny_models[backend]}", "reward=hpsv2",
             f"weights={tiny_models['weights']}", "train.batch_size=2", "eval.samples=16", "backend.eval_prompts=2"]
+
+
+def without(args: list[str], key: str) -> list[str]:
+    return [a for a in args if a.partition("=")[0] != key]
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """`bench eval` on analytic-world runs and diffusers pipelines: protocol, per-image scores, resume, errors."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from bench.store import Store
 from bench.store.files import read_jsonl
 from bench.train.checkpoint import EMA_FILE
 
-from conftest import ROOT, bench, bench_env, bench_process, launched, wait_until
+from conftest import ROOT, bench, bench_env, bench_process, kill_tree, launched, wait_until
 from random_weights import write_inception, write_weights
 from tiny_pipelines import tiny_sd15
 
@@ -324,11 +323,10 @@ def test_a_killed_two_process_evaluation_resumes_to_what_one_process_gives(resul
     shutil.copytree(results, twin)
     args = ["eval", f"run={trained}", "n=256", "batch=16"]
     folder = eval_dir(results, trained, "analytic-n256-seed0")
-    proc = subprocess.Popen(launched(2, *args), cwd=ROOT, env=bench_env(results), start_new_session=True,
+    proc = subprocess.Popen(launched(2, *args), cwd=ROOT, env=bench_env(results),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: sum(len(read_jsonl(path)) for path in folder.glob("scores.part*.jsonl")) >= 64, proc=proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both processes
-    proc.wait()
+    kill_tree(proc)  # the launcher and both processes
     parts = {r["index"] for path in folder.glob("scores.part*.jsonl") for r in read_jsonl(path)}
     assert len(list(folder.glob("scores.part*.jsonl"))) == 2 and 0 < len(parts) < 2048
     stamps = {i: (folder / "images" / f"{i:05d}.png").stat().st_mtime_ns for i in parts}

@@ -13,7 +13,7 @@ from bench.config import build_config
 from bench.store import Store
 from bench.train.trainer import GENERATOR_PHASE, Trainer
 
-from conftest import ROOT, backend_args, bench_env, launched
+from conftest import ROOT, backend_args, bench_env, launched, without
 
 BACKENDS = ["sd15", "pixart_alpha", "sdxl", "sd3"]
 
@@ -144,10 +144,6 @@ def test_resume_gives_the_state_of_an_uninterrupted_run(tiny_models, tmp_path, b
         torch.testing.assert_close(value, resumed.ema.params[key], rtol=1e-5, atol=1e-6)
     logged = [r["step"] for r in run.records("train")]
     assert logged == sorted(set(logged)), "the resumed run wrote the steps after the checkpoint twice"
-
-
-def without(args: list[str], key: str) -> list[str]:
-    return [a for a in args if a.partition("=")[0] != key]
 
 
 def launch(tiny_models, results, processes: int, backend: str):

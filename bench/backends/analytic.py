@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -273,10 +272,10 @@ class AnalyticBackend:
         return self.world.describe_optimum(self.eval_inputs(total, seed)[1], seed)
 
     @torch.no_grad()
-    def save_grid(self, generator: nn.Module, path: Path, per_caption: int = 8, scale: int = 4) -> None:
+    def grid(self, generator: nn.Module, per_caption: int = 8, scale: int = 4):
         """Rows are captions, columns samples from the fixed evaluation noise; pixels enlarged for viewing."""
         z, cond = self.eval_inputs(per_caption * len(self.captions), seed=0)
         x = generator(z, cond).clamp(-1, 1)
         rows, side = len(self.captions), self.shape[-1]
         grid = x.reshape(rows, per_caption, 3, side, side).permute(0, 3, 1, 4, 2)
-        self.to_pil(grid.reshape(rows * side, per_caption * side, 3).permute(2, 0, 1), scale).save(path)
+        return self.to_pil(grid.reshape(rows * side, per_caption * side, 3).permute(2, 0, 1), scale)

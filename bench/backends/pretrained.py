@@ -331,7 +331,7 @@ class PretrainedBackend:
             return None
         return self.world.describe_optimum(self.world.eval_captions(total), seed)
 
-    def save_grid(self, generator: nn.Module, path: Path, per_prompt: int = 4) -> None:
+    def grid(self, generator: nn.Module, per_prompt: int = 4):
         """Rows are evaluation prompts, columns samples from the fixed evaluation noise."""
         from PIL import Image
 
@@ -340,7 +340,7 @@ class PretrainedBackend:
         side = self.resolution
         grid = pixels.reshape(len(prompts), per_prompt, 3, side, side).permute(0, 3, 1, 4, 2)
         grid = (grid.reshape(len(prompts) * side, per_prompt * side, 3) * 255).round().to(torch.uint8)
-        Image.fromarray(grid.numpy()).save(path)
+        return Image.fromarray(grid.numpy())
 
     # -- export -------------------------------------------------------------------------------------------
 

@@ -233,6 +233,8 @@ def evaluate(store: Store, request: EvalRequest, *, run: Run | None = None, pipe
     if state.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(saved, protocol)
+        for stale in folder.rglob(".*.tmp"):  # a killed evaluation's half-written files
+            stale.unlink()
     state.wait_for_everyone()
 
     paths = image_paths(folder, prompts, request.n)

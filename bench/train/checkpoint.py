@@ -4,7 +4,9 @@
                          model_1.safetensors    the fake score
                          optimizer.bin, optimizer_1.bin    Adam states (read with torch.load(weights_only=True))
                          ema.safetensors        the EMA of the generator's trainable weights
-                         progress.json          step and wall time; written last, so it marks a whole checkpoint
+                         optimizer_shards/      with train.parallel=fsdp, instead of optimizer*.bin: each
+                                                process's shards of the optimiser states (torch.distributed.checkpoint)
+                         progress.json          step, wall time and processes; written last: it marks a whole checkpoint
 
 accelerate's own pickles (objects registered for checkpointing are read back with full pickle; its RNG states
 are pickles too) are not used: randomness is drawn per step from (seed, step), so there is no RNG state to keep,
@@ -28,16 +30,34 @@ GENERATOR_FILE, FAKE_FILE, EMA_FILE, PROGRESS_FILE = (
     "model.safetensors", "model_1.safetensors", "ema.safetensors", "progress.json")
 
 
-def write_extras(folder: Path, ema: dict[str, torch.Tensor], step: int, wall: float) -> None:
-    """Our part of a checkpoint folder that accelerate has just written; then every file is on disk."""
+def write_extras(folder: Path, ema: dict[str, torch.Tensor], step: int, wall: float, processes: int) -> None:
+    """Our part of a checkpoint folder whose networks and optimisers have just been written; then every file is on
+    disk."""
     for pickled in folder.glob("*.pkl"):
         pickled.unlink()
-    save_file({name: value.detach().cpu().contiguous() for name, value in ema.items()}, folder / EMA_FILE)
-    atomic_write_json(folder / PROGRESS_FILE, {"step": step, "wall": wall})
-    for file in folder.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
+    save_weights(ema, folder / EMA_FILE)
+    atomic_write_json(folder / PROGRESS_FILE, {"step": step, "wall": wall, "processes": processes})
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
     fsync_folder(folder)
+
+
+def save_weights(state: dict[str, torch.Tensor], file: Path) -> None:
+    save_file({name: value.detach().cpu().contiguous() for name, value in state.items()}, file)
+
+
+def load_weights(file: Path) -> dict[str, torch.Tensor]:
+    return load_file(file)
+
+
+def check_processes(folder: Path, processes: int) -> None:
+    """A sharded checkpoint resumes only under the number of processes that wrote its shards."""
+    saved = progress(folder).get("processes")
+    if saved != processes:
+        raise UsageError(f"checkpoint {folder} holds optimiser states sharded over {saved} processes, and this launch "
+                         f"has {processes}; resume with accelerate launch --num_processes {saved}")
 
 
 def last_checkpoint(run: Run) -> Path | None:

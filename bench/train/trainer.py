@@ -5,17 +5,19 @@ mixed precision, the NaN guard, data-parallel training, checkpoints and exact re
 sample grids and the progress bar.
 
 One command line runs on one CPU, one GPU or under `accelerate launch` on many: `accelerate` wraps the two
-trained networks for data parallelism (DDP, or FSDP from an accelerate config) and saves and loads the training
-state collectively, on every rank. `train.batch_size` is the global batch: every rank draws the whole batch's
-noise and prompts from a stream seeded by (seed, step) and keeps its own slice, so a run is the same run on
-any number of processes, and a checkpoint needs no random state to resume exactly.
+trained networks for data parallelism (DDP) and saves and loads the training state collectively, on every rank;
+with train.parallel=fsdp they are sharded instead (bench.train.sharding). `train.batch_size` is the global batch:
+every rank draws the whole batch's noise and prompts from a stream seeded by (seed, step) and keeps its own slice,
+so a run is the same run on any number of processes, and a checkpoint needs no random state to resume exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +35,7 @@ from bench.method import GeneratorBatch
 from bench.provenance import folder_sha256, provenance
 from bench.store import Run, Store
 from bench.store.files import replace_folder
-from bench.train import checkpoint
+from bench.train import checkpoint, sharding
 from bench.train.trackers import Trackers, check_ready
 
 FAKE_PHASE, GENERATOR_PHASE = 0, 1
@@ -76,7 +78,7 @@ class EMA:
 
     def load(self, params: dict) -> None:
         for name, value in params.items():
-            self.params[name].copy_(value)
+            self.params[name].copy_(sharding.shard_like(value, self.params[name]))
 
 
 class ProgressLines:
@@ -185,12 +187,29 @@ class Trainer:
         self.schedule = self.backend.schedule
         generator, fake = self.backend.generator, self.backend.fake
         self.start = self.start_run() if cfg.init else None  # checked now: a bad init= creates no run
+        self.sharded, self.export_copy = cfg.train.parallel == "fsdp", None
+        if self.sharded:
+            if self.ranks == 1:
+                raise UsageError("train.parallel=fsdp shards the trained networks over the processes of a launch, and "
+                                 "this is one process: start it with accelerate launch --num_processes N -m bench run "
+                                 "..., or use train.parallel=ddp")
+            if cfg.init:
+                raise UsageError("init= is not supported with train.parallel=fsdp yet; start the run data-parallel "
+                                 "(train.parallel=ddp), or drop init=")
+            if self.main and hasattr(self.backend, "export"):  # the export needs the generator whole: a copy
+                self.export_copy = copy.deepcopy(generator).cpu()
+            device_mesh = sharding.mesh()
+            for module in (generator, fake):
+                sharding.shard(module, device_mesh)
         self.ema = EMA(generator, cfg.train.ema)
         betas = (cfg.train.beta1, cfg.train.beta2)
         opt_gen = generator_optimiser([p for _, p in trainable(generator)], cfg.train)
         opt_fake = adam([p for _, p in trainable(fake)], cfg.train.lr_fake, betas)
-        self.generator, self.fake, self.opt_gen, self.opt_fake = accelerator.prepare(generator, fake, opt_gen,
-                                                                                     opt_fake)
+        if self.sharded:  # sharded in place: nothing for accelerate to wrap
+            self.generator, self.fake, self.opt_gen, self.opt_fake = generator, fake, opt_gen, opt_fake
+        else:
+            self.generator, self.fake, self.opt_gen, self.opt_fake = accelerator.prepare(generator, fake, opt_gen,
+                                                                                         opt_fake)
         self.counters = Progress()
 
     def start_run(self) -> Run:
@@ -304,9 +323,14 @@ class Trainer:
         """Backpropagate into `module` only (the other networks stay frozen), average over ranks, clip, step."""
         optimiser.zero_grad(set_to_none=True)
         params = [p for _, p in trainable(module)]
-        self.accelerator.backward(loss, inputs=params)
+        if self.sharded:
+            # FSDP2 hands each gradient to its shard in hooks that a backward restricted by `inputs=` skips. The
+            # fake's weights get gradients from a generator update too (wasted work, and cleared before its own).
+            self.accelerator.backward(loss)
+        else:
+            self.accelerator.backward(loss, inputs=params)
         limit = self.cfg.train.grad_clip or float("inf")
-        norm = self.accelerator.clip_grad_norm_(params, limit)
+        norm = sharding.full(self.accelerator.clip_grad_norm_(params, limit))
         if torch.isfinite(norm):
             optimiser.step()
         return norm.detach()
@@ -314,22 +338,46 @@ class Trainer:
     # -- state --------------------------------------------------------------------------------------------
 
     def save(self):
-        """Every rank takes part (FSDP gathers shards; a save on one rank only would hang the others)."""
+        """Every rank takes part (sharded weights are gathered; a save on one rank only would hang the others)."""
         folder = self.run.checkpoint_dir
         partial = folder.with_name(".saving")
-        self.accelerator.save_state(str(partial))
+        if self.sharded:
+            self.save_sharded(partial)
+        else:
+            self.accelerator.save_state(str(partial))
         self.accelerator.wait_for_everyone()
+        ema = {name: sharding.full(p) for name, p in self.ema.params.items()}
         if self.main:
-            checkpoint.write_extras(partial, self.ema.params, self.step, self.counters.wall)
+            checkpoint.write_extras(partial, ema, self.step, self.counters.wall, self.ranks)
             replace_folder(partial, folder)
         self.accelerator.wait_for_everyone()
+
+    def optimised(self) -> dict:
+        return {"generator": (self.generator, self.opt_gen), "fake": (self.fake, self.opt_fake)}
+
+    def save_sharded(self, partial: Path) -> None:
+        """The networks whole on the main process, in the files a data-parallel checkpoint has; the optimisers'
+        states as each process's shards."""
+        states = [sharding.full_state(self.generator), sharding.full_state(self.fake)]
+        if self.main:
+            shutil.rmtree(partial, ignore_errors=True)  # a save that a crash cut short
+            partial.mkdir(parents=True)
+            for state, name in zip(states, (checkpoint.GENERATOR_FILE, checkpoint.FAKE_FILE), strict=True):
+                checkpoint.save_weights(state, partial / name)
+        self.accelerator.wait_for_everyone()
+        sharding.save_optimizers(partial, self.optimised())
 
     def restore(self) -> bool:
         folder = checkpoint.last_checkpoint(self.run)
         if folder is None:
             return False
         checkpoint.check_contents(folder)
-        self.accelerator.load_state(str(folder))  # safetensors models, weights-only optimiser states
+        if self.sharded:
+            for module, name in ((self.generator, checkpoint.GENERATOR_FILE), (self.fake, checkpoint.FAKE_FILE)):
+                sharding.load_full_state(module, checkpoint.load_weights(folder / name))
+            sharding.load_optimizers(folder, self.optimised())
+        else:
+            self.accelerator.load_state(str(folder))  # safetensors models, weights-only optimiser states
         self.ema.load(checkpoint.ema_weights(folder))
         state = checkpoint.progress(folder)
         self.counters.step, self.counters.wall = int(state["step"]), float(state["wall"])
@@ -342,7 +390,7 @@ class Trainer:
 
     def replica_checksums(self) -> list[float]:
         """One number a rank from its own generator weights: ranks that disagree have silently diverged."""
-        total = sum(p.detach().double().sum() for _, p in trainable(self.unwrapped(self.generator)))
+        total = sum(sharding.full(p.detach()).double().sum() for _, p in trainable(self.unwrapped(self.generator)))
         return self.accelerator.gather(total.reshape(1).to(self.device)).tolist()
 
     # -- loop ---------------------------------------------------------------------------------------------
@@ -358,8 +406,9 @@ class Trainer:
         return logs
 
     def evaluate(self):
-        """On the main process, with the EMA weights; the other ranks wait at their next collective."""
-        if not self.main:
+        """On the main process, with the EMA weights; the other ranks wait at their next collective. Sharded, every
+        rank runs the generator (each forward gathers the weights) and the main process records."""
+        if not (self.main or self.sharded):
             return None
         cfg = self.cfg.eval
         with self.ema.applied(self.unwrapped(self.generator)) as generator:
@@ -369,11 +418,15 @@ class Trainer:
                 metrics, per_prompt = self.backend.evaluate(generator, cfg.samples, cfg.seed,
                                                             exact_kl=self.step in (0, self.cfg.train.steps))
                 if cfg.grid:
-                    grid = self.run.dir / "samples" / f"step_{self.step:06d}.png"
-                    self.backend.save_grid(generator, grid)
-                    if self.trackers is not None:
-                        self.trackers.log_grid(grid, self.step)
+                    picture = self.backend.grid(generator)
+                    if self.main:
+                        grid = self.run.dir / "samples" / f"step_{self.step:06d}.png"
+                        picture.save(grid)
+                        if self.trackers is not None:
+                            self.trackers.log_grid(grid, self.step)
             generator.train()
+        if not self.main:
+            return None
         self.record({"kind": "eval", "step": self.step, **metrics, "per_prompt": per_prompt})
         if self.on_eval is not None:
             self.on_eval(self.step, metrics)
@@ -432,9 +485,14 @@ class Trainer:
         if self.trackers is not None:
             self.trackers.finish(summary)
             print(self.trackers.where(), file=sys.stderr, flush=True)
-        if self.main and hasattr(self.backend, "export"):
+        if hasattr(self.backend, "export"):
             with self.ema.applied(self.unwrapped(self.generator)) as generator:
-                self.backend.export(generator, self.run.dir / "pipeline", {"run": self.run.id, "step": self.step})
+                if self.sharded:  # gathered whole (every rank takes part) into the main process's copy
+                    state, generator = sharding.full_state(generator), self.export_copy
+                    if self.main:
+                        generator.load_state_dict(state)
+                if self.main:
+                    self.backend.export(generator, self.run.dir / "pipeline", {"run": self.run.id, "step": self.step})
         self.accelerator.wait_for_everyone()
         return summary
 
@@ -447,6 +505,12 @@ class Trainer:
         if bad:
             raise Diverged(self.step, bad[0], averaged[bad[0]])
         return averaged
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of trained state this process holds (under FSDP each process holds about as much)."""
+        optimisers = [getattr(o, "optimizer", o) for o in (self.opt_gen, self.opt_fake)]  # accelerate's wrapper
+        return sharding.state_bytes([self.generator, self.fake], optimisers, self.ema.params)
 
     def summary(self) -> dict:
         checksums = self.replica_checksums()
@@ -474,7 +538,8 @@ class Trainer:
                 "eval_seed": self.cfg.eval.seed, "generator": "ema" if self.cfg.train.ema else "raw",
                 "init": self.cfg.init or None,
             },
-            "distributed": {"strategy": self.accelerator.distributed_type.value, "processes": self.ranks,
+            "distributed": {"strategy": "FSDP" if self.sharded else self.accelerator.distributed_type.value,
+                            "processes": self.ranks, "trained_state_bytes_per_process": self.state_bytes,
                             "batch_per_process": self.cfg.train.batch_size // self.ranks,
                             "effective_batch": self.cfg.train.batch_size, "precision": self.precision,
                             "replica_checksums": checksums},
