@@ -37,6 +37,7 @@ from bench.activations import SavedActivations
 # Dense bf16 peak TFLOP/s and memory (GB) of common training GPUs, from their vendors' data sheets.
 GPUS = {"A100 80GB": (312, 80), "H100 SXM": (989, 80), "H200": (989, 141), "L40S": (362, 48)}
 BF16_ACTIVATIONS = 0.5  # bf16 activations against fp32 (measured 0.48 to 0.49, see the module's text)
+FSDP_GPUS = 8  # the GPUs a sharded run is costed on (one node)
 MFU = 0.35  # assumed: large diffusion training commonly reaches 30 to 45% on these GPUs
 # Parameters of the networks that only read (text encoders, reward models), from their released checkpoints.
 CLIP_L, CLIP_G, T5_XXL = 123e6, 695e6, 4.76e9  # CLIP ViT-L/14 and OpenCLIP bigG text towers; T5-XXL's encoder
@@ -237,9 +238,13 @@ def estimate(cfg) -> dict:
 
     ema = 4 * (cfg.backend.lora_gen * counted.lora_params_per_rank if cfg.backend.lora_gen
                else counted.denoiser_params)  # of the trained weights only
-    memory = (trained(cfg.backend.lora_gen) + ema + trained(cfg.backend.lora_fake)
-              + 4 * counted.denoiser_params  # the frozen reference
+    trained_state = (trained(cfg.backend.lora_gen) + ema + trained(cfg.backend.lora_fake)) / 1e9
+    frozen = (4 * counted.denoiser_params  # the frozen reference
               + 4 * (counted.vae_params + sum(params for params, _ in encoders) + reward_params)) / 1e9
+    memory = trained_state + frozen
+    # train.parallel=fsdp shards the trained state (weights, gradients, Adam, EMA) over the GPUs; frozen networks
+    # and activations stay whole on each.
+    memory_fsdp = trained_state / FSDP_GPUS + frozen
     scale = BF16_ACTIVATIONS if cfg.train.precision in ("bf16", "auto") else 1.0  # auto is bf16 on a GPU
     ckpt = cfg.backend.grad_ckpt
     an_image = scale * ((counted.act_trained_ckpt if ckpt else counted.act_trained)
@@ -250,14 +255,18 @@ def estimate(cfg) -> dict:
         group_bytes = group * decoder
     else:  # the whole batch decoded at once: the decoder's activations grow with it
         group_bytes, an_image = 0.0, an_image + decoder
-    batch = {gpu: max(0, min(cfg.train.batch_size, int((gb * 1e9 - memory * 1e9 - group_bytes) // an_image)))
-             for gpu, (_, gb) in GPUS.items()}
+    def largest_batch(held: float, gb: float) -> int:
+        return max(0, min(cfg.train.batch_size, int((gb * 1e9 - held * 1e9 - group_bytes) // an_image)))
+
+    batch = {gpu: largest_batch(memory, gb) for gpu, (_, gb) in GPUS.items()}
+    batch_fsdp = {gpu: largest_batch(memory_fsdp, gb) for gpu, (_, gb) in GPUS.items()}
     hours = {gpu: total / (peak * 1e12 * MFU) / 3600 for gpu, (peak, _) in GPUS.items()}
     return {"family": family, "side": side, "denoiser_params": counted.denoiser_params,
             "denoiser_tflops": d / 1e12, "vae_decode_tflops": v / 1e12, "reward_tflops": reward / 1e12,
             "text_tflops": text / 1e12,
             "step_tflops_per_image": per_image / 1e12, "images": images, "total_pflops": total / 1e15,
-            "memory_gb": memory, "activations_gb_per_image": an_image / 1e9, "decoder_group_gb": group_bytes / 1e9,
+            "memory_gb": memory, "memory_fsdp_gb": memory_fsdp, "batch_per_gpu_fsdp": batch_fsdp,
+            "activations_gb_per_image": an_image / 1e9, "decoder_group_gb": group_bytes / 1e9,
             "gpu_hours": hours, "mfu": MFU, "batch_per_gpu": batch,
             "fits": {gpu: size > 0 for gpu, size in batch.items()}}
 
@@ -297,10 +306,17 @@ def report(cfg) -> str:
         f"{e['activations_gb_per_image']:.1f} GB an image"
         + (f" and {e['decoder_group_gb']:.1f} GB for the decoder's group of images" if e["decoder_group_gb"] else ""),
     ]
-    remedies = "LoRA or FSDP" if cfg.backend.grad_ckpt else "LoRA, FSDP or backend.grad_ckpt=true"
+    lines.append(f"  with train.parallel=fsdp over {FSDP_GPUS} GPUs: {e['memory_fsdp_gb']:.0f} GB a GPU (weights, "
+                 "gradients, Adam and EMA sharded; frozen networks and activations whole)")
+    remedies = "LoRA" if cfg.backend.grad_ckpt else "LoRA or backend.grad_ckpt=true"
     for gpu, hours in e["gpu_hours"].items():
-        size = e["batch_per_gpu"][gpu]
-        fits = f"; a per-GPU batch of up to {size}" if size else \
-            f"  (does not fit in {GPUS[gpu][1]} GB: use {remedies})"
+        size, sharded = e["batch_per_gpu"][gpu], e["batch_per_gpu_fsdp"][gpu]
+        if size:
+            fits = f"; a per-GPU batch of up to {size}"
+        elif sharded:
+            fits = (f"  (does not fit in {GPUS[gpu][1]} GB data-parallel: needs train.parallel=fsdp, with a per-GPU "
+                    f"batch of up to {sharded})")
+        else:
+            fits = f"  (does not fit in {GPUS[gpu][1]} GB, sharded or not: use {remedies})"
         lines.append(f"  {gpu:<10} {hours:>10,.1f} GPU-hours{fits}")
     return "\n".join(lines)

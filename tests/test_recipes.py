@@ -154,5 +154,15 @@ def test_dry_run_prints_the_configuration_and_costs_and_touches_nothing(tmp_path
     out = capsys.readouterr().out
     assert "init: tianweiy/DMD2/dmd2_sdxl_1step_unet_fp16.bin" in out and "alpha_cfg: 8.5" in out
     assert "sdxl at 1024 px" in out and "H100 SXM" in out and "GPU-hours" in out
-    assert "does not fit in 80 GB" in out  # full fine-tuning of three SDXL UNets with Adam
+    assert "does not fit in 80 GB data-parallel: needs train.parallel=fsdp" in out  # three SDXL UNets, Adam
+    assert "with train.parallel=fsdp over 8 GPUs: 29 GB a GPU" in out
     assert not (tmp_path / "results").exists()
+
+
+def test_fsdp_divides_the_trained_state_by_the_gpus_and_leaves_the_frozen_networks_whole(hub_unreachable):
+    full = estimate(build_config(["preset=di_star_sdxl"]))
+    params = count("sdxl", 1024).denoiser_params
+    trained = (16 + 4 + 16) * params / 1e9  # generator and fake with Adam (16 bytes a weight), the EMA (4)
+    assert full["memory_gb"] - full["memory_fsdp_gb"] == pytest.approx(trained * (1 - 1 / 8))
+    for gpu in GPUS:
+        assert full["batch_per_gpu_fsdp"][gpu] >= full["batch_per_gpu"][gpu]

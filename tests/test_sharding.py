@@ -2,6 +2,7 @@
 resumes exactly, an export of the whole generator, less memory a process, and the faults of a resume."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -99,3 +100,20 @@ def test_fsdp_in_one_process_is_one_line_before_anything_is_written(results, cap
     assert "train.parallel=fsdp shards the trained networks over the processes of a launch, and this is one " \
            "process: start it with accelerate launch --num_processes N" in err
     assert err.count("\n") == 1 and not (results / "runs").exists()
+
+
+def test_the_optimiser_shards_index_is_read_without_running_code(tmp_path):
+    """torch reads its checkpoint index with plain pickle; ours reads torch's own records and nothing else."""
+    import io
+    import pickle
+
+    from torch.distributed.checkpoint.metadata import Metadata, TensorProperties, TensorStorageMetadata
+
+    from bench.errors import UsageError
+    from bench.train.sharding import RecordsOnly
+
+    index = Metadata({"generator.state.w.exp_avg": TensorStorageMetadata(TensorProperties(torch.float32),
+                                                                         torch.Size([4]), [])})
+    assert RecordsOnly(io.BytesIO(pickle.dumps(index))).load() == index
+    with pytest.raises(UsageError, match=r"holds posix\.system, which this suite never writes and will not unpickle"):
+        RecordsOnly(io.BytesIO(pickle.dumps(os.system))).load()

@@ -12,14 +12,20 @@ number of processes resumes.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from bench.errors import UsageError
+
 # The blocks of every family's denoiser that are sharded (gathered) as a unit; the rest of a network is one more unit.
 BLOCKS = ("BasicTransformerBlock", "JointTransformerBlock", "ResnetBlock2D")
 OPTIMIZER_SHARDS = "optimizer_shards"
+# What torch.distributed.checkpoint's index pickles besides its own metadata records and torch's dtypes.
+INDEX_RECORDS = frozenset({("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("pathlib", "PosixPath"),
+                           ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")})
 
 
 def mesh():
@@ -102,11 +108,40 @@ def load_optimizers(folder: Path, pairs: dict[str, tuple[nn.Module, torch.optim.
     shards = folder / OPTIMIZER_SHARDS
     if not shards.exists():  # saved before any step
         return
-    saved = {key.split(".")[0] for key in dcp.FileSystemReader(str(shards)).read_metadata().state_dict_metadata}
+    reader = records_only_reader(shards)
+    saved = {key.split(".")[0] for key in reader.read_metadata().state_dict_metadata}
     states = {name: get_optimizer_state_dict(*pairs[name]) for name in saved}
-    dcp.load(states, checkpoint_id=str(shards))
+    dcp.load(states, storage_reader=reader)
     for name in saved:
         set_optimizer_state_dict(*pairs[name], states[name])
+
+
+class RecordsOnly(pickle.Unpickler):
+    """torch.distributed.checkpoint's index (`.metadata`) is a pickle, and torch reads it with plain pickle: a
+    checkpoint from elsewhere could run code on resume. This reads the plain records torch writes there and refuses
+    anything else (its tensor files torch already reads weights-only)."""
+
+    def find_class(self, module: str, name: str):
+        if (module == "torch.distributed.checkpoint.metadata" or (module, name) in INDEX_RECORDS
+                or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))):
+            return super().find_class(module, name)
+        raise UsageError(f"the optimiser shards' index holds {module}.{name}, which this suite never writes and will "
+                         "not unpickle; resume only from checkpoints this suite wrote")
+
+
+def records_only_reader(shards: Path):
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            with open(shards / ".metadata", "rb") as handle:
+                metadata = RecordsOnly(handle).load()
+            metadata.storage_meta = metadata.storage_meta or StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return Reader(str(shards))
 
 
 def state_bytes(modules: list[nn.Module], optimisers: list[torch.optim.Optimizer], ema: dict) -> int:
