@@ -4,6 +4,7 @@ resumes exactly, an export of the whole generator, less memory a process, and th
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,14 +17,16 @@ from conftest import ROOT, backend_args, bench, bench_env, kill_tree, launched, 
 FILES = ("model.safetensors", "model_1.safetensors", "ema.safetensors")  # generator, fake score, EMA
 
 
-def train(tiny_models, results, parallel: str, extra=(), backend: str = "sd15", background: bool = False):
-    """`bench run` on a tiny pipeline under a two-process launch; its summary and run (or the process)."""
+def train(tiny_models, results, parallel: str, extra=(), backend: str = "sd15", processes: int = 2,
+          background: bool = False):
+    """`bench run` on a tiny pipeline, under a launch of `processes` (or alone); its summary and run (or the
+    process)."""
     args = ["run", *without(backend_args(tiny_models, backend), "train.batch_size"), "train.batch_size=4",
             f"train.parallel={parallel}", *extra]
-    command = launched(2, *args)
+    command = launched(processes, *args) if processes > 1 else [sys.executable, "-m", "bench", *args]
     if background:
-        return subprocess.Popen(command, cwd=ROOT, env=bench_env(results),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(command, cwd=ROOT, env=bench_env(results), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=bench_env(results), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = Store(results).rows()
@@ -35,24 +38,28 @@ def assert_same_weights(a, b, files=FILES, **tolerance):
         first, second = load_file(a / name), load_file(b / name)
         assert first.keys() == second.keys(), name
         for key in first:
-            torch.testing.assert_close(first[key], second[key], msg=f"{name}: {key}", **tolerance)
+            torch.testing.assert_close(first[key], second[key], msg=lambda m, n=name, k=key: f"{n}: {k}: {m}",
+                                       **tolerance)
 
 
 @pytest.mark.parametrize("backend", ["sd15", "sdxl"])
 def test_fsdp_takes_the_steps_data_parallelism_takes_with_less_memory_a_process(tiny_models, tmp_path, backend):
+    """Against one process, which holds what each data-parallel replica holds and takes the same steps (tested with
+    two processes in test_pretrained)."""
     extra = ("train.steps=3", "eval.grid=false")
     sharded, run_sharded = train(tiny_models, tmp_path / "fsdp", "fsdp", extra, backend)
-    replicated, run_replicated = train(tiny_models, tmp_path / "ddp", "ddp", extra, backend)
-    assert sharded["distributed"]["strategy"] == "FSDP" and replicated["distributed"]["strategy"] == "MULTI_CPU"
-    # Weights, fake score and EMA after three steps: the same within float32 summation order.
-    assert_same_weights(run_sharded.checkpoint_dir, run_replicated.checkpoint_dir, rtol=1e-4, atol=1e-6)
+    replicated, run_replicated = train(tiny_models, tmp_path / "one", "ddp", extra, backend, processes=1)
+    assert sharded["distributed"]["strategy"] == "FSDP" and sharded["distributed"]["processes"] == 2
+    # Weights, fake score and EMA after three steps: the same within float32 summation order (Adam's steps are 1e-3:
+    # the tolerance is 1% of one; the data-parallel test allows the same).
+    assert_same_weights(run_sharded.checkpoint_dir, run_replicated.checkpoint_dir, rtol=1e-4, atol=1e-5)
     assert (run_sharded.checkpoint_dir / "optimizer_shards").is_dir()  # each process's optimiser shards
     assert not list(run_sharded.checkpoint_dir.glob("optimizer*.bin"))
     # The export holds the whole generator, gathered from the shards.
     exported = load_file(run_sharded.dir / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
     reference = load_file(run_replicated.dir / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
     for key in reference:
-        torch.testing.assert_close(exported[key], reference[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(exported[key], reference[key], rtol=1e-4, atol=1e-5)
     # Trained weights, gradients, Adam states and EMA: each process holds half of what a replica holds.
     ratio = (sharded["distributed"]["trained_state_bytes_per_process"]
              / replicated["distributed"]["trained_state_bytes_per_process"])
@@ -61,14 +68,14 @@ def test_fsdp_takes_the_steps_data_parallelism_takes_with_less_memory_a_process(
 
 
 def test_a_killed_fsdp_run_resumes_exactly_and_only_under_its_own_number_of_processes(tiny_models, tmp_path):
-    extra = ("train.steps=40", "train.ckpt_every=5", "train.eval_every=0", "eval.grid=false")
+    extra = ("train.steps=24", "train.ckpt_every=8", "train.eval_every=0", "eval.grid=false")
     results = tmp_path / "killed"
     proc = train(tiny_models, results, "fsdp", extra, background=True)
 
     def saved_step():
         found = list((results / "runs").glob("*/checkpoints/latest/progress.json")) if (results / "runs").exists() \
             else []
-        return found and 5 <= json.loads(found[0].read_text())["step"] < 35
+        return found and 8 <= json.loads(found[0].read_text())["step"] < 24
 
     wait_until(saved_step, proc=proc, timeout=300)
     kill_tree(proc)  # the launcher and both processes
