@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=30_000)
     parser.add_argument("--gpus", type=int, default=8)
-    parser.add_argument("--measured-images", type=int, default=256)
+    parser.add_argument("--measured-images", type=int, default=8192)
     parser.add_argument("--skip-measure", action="store_true")
     args = parser.parse_args()
     expectation(args.images, args.gpus)
