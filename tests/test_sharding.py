@@ -98,15 +98,16 @@ def test_a_killed_fsdp_run_resumes_exactly_and_only_under_its_own_number_of_proc
     assert_same_weights(checkpoint, whole.checkpoint_dir, rtol=0, atol=0)  # the same run, bit for bit
 
 
-def test_fsdp_in_one_process_is_one_line_before_anything_is_written(results, capsys, monkeypatch):
-    from bench.cli import main
-
-    monkeypatch.setenv("BENCH_RESULTS", str(results))
-    assert main(["run", "train.parallel=fsdp", "train.steps=2"]) == 2
-    err = capsys.readouterr().err
-    assert "train.parallel=fsdp shards the trained networks over the processes of a launch, and this is one " \
-           "process: start it with accelerate launch --num_processes N" in err
-    assert err.count("\n") == 1 and not (results / "runs").exists()
+@pytest.mark.parametrize("backend, message", [
+    ("sd15", "train.parallel=fsdp shards the trained networks over the processes of a launch, and this is one "
+             "process: start it with accelerate launch --num_processes N"),
+    ("analytic", "train.parallel=fsdp is for the diffusers backends; backend=analytic's networks are small enough to "
+                 "hold whole"),
+])
+def test_fsdp_where_it_cannot_serve_is_one_line_before_anything_is_written(tiny_models, results, backend, message):
+    proc = bench("run", *backend_args(tiny_models, backend), "train.parallel=fsdp", "train.steps=2", results=results)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in proc.stderr.splitlines()[-1] and not (results / "runs").exists()  # one line, last
 
 
 def test_the_optimiser_shards_index_is_read_without_running_code(tmp_path):

@@ -137,6 +137,7 @@ def merged(net: nn.Module, clean: nn.Module) -> nn.Module:
 class PretrainedBackend:
     Config: ClassVar[type]
     denoiser: ClassVar[str]  # the pipeline component that is the denoiser: "unet" or "transformer"
+    shardable: ClassVar[bool] = True  # train.parallel=fsdp: its networks are called only through their forward
 
     def __init__(self, cfg, device: torch.device):
         settings = cfg.backend

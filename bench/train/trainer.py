@@ -189,6 +189,10 @@ class Trainer:
         self.start = self.start_run() if cfg.init else None  # checked now: a bad init= creates no run
         self.sharded, self.export_copy = cfg.train.parallel == "fsdp", None
         if self.sharded:
+            if not getattr(self.backend, "shardable", False):
+                raise UsageError(f"train.parallel=fsdp is for the diffusers backends; backend={cfg.backend.name}'s "
+                                 "networks are small enough to hold whole (and its exact metrics read them outside "
+                                 "their forward): use train.parallel=ddp")
             if self.ranks == 1:
                 raise UsageError("train.parallel=fsdp shards the trained networks over the processes of a launch, and "
                                  "this is one process: start it with accelerate launch --num_processes N -m bench run "
