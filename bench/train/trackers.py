@@ -83,7 +83,7 @@ class Trackers:
         check_installed(names)
         self.folder, self.store = folder or run.dir / FOLDER, run.store.root
         # W&B's offline files of a killed process can be empty (its service buffers them), so a resumed W&B run
-        # starts again from the store's records up to the checkpoint; `wandb sync` keeps the first copy of a step.
+        # starts again from the store's records up to the checkpoint, in a second offline copy of the same run id.
         resumed_wandb = (self.folder / SENT["wandb"]).exists()
         self.active = [self._open(name, run) for name in names.split(",")]
         for tracker in self.active:
