@@ -212,6 +212,11 @@ def reward_flops(reward: str) -> tuple[float, float]:
     return params, 2 * params * REWARD_TOKENS
 
 
+def encoding_flops(encoders) -> float:
+    """Forward FLOPs of a prompt's encoding: 2 x parameters x tokens for each (parameters, tokens) encoder."""
+    return sum(2 * params * tokens for params, tokens in encoders)
+
+
 def estimate(cfg) -> dict:
     """The cost of cfg's run: counted FLOPs, memory a GPU in GB and GPU-hours a GPU type (as figures)."""
     family = cfg.backend.name
@@ -225,7 +230,7 @@ def estimate(cfg) -> dict:
     # Score networks read with a backward to x_t: the fake and the reference (twice when guided), and the reference
     # again at each further step of a method's k-step denoise of x_t (DIDR's diffused reward).
     scores = 2 + guided + (getattr(cfg.method, "denoise_steps", 1) - 1) * (1 + guided)
-    text = sum(2 * params * tokens for params, tokens in encoders)
+    text = encoding_flops(encoders)
     per_image = (cfg.method.fake_steps + 1) * text + cfg.method.fake_steps * 4 * d + 3 * d + scores * 2 * d \
         + 2 * v + 2 * reward
     images = cfg.train.steps * cfg.train.batch_size
@@ -279,9 +284,9 @@ def eval_estimate(family: str, metrics: tuple[str, ...], images: int, side: int 
     """The cost of `bench eval` of a `steps`-step generator of the family: counted FLOPs an image (prompt encoding,
     denoiser, VAE decode, each scorer, FID's features) and hours on each GPU type's (and 8 of them) at MFU."""
     counted = count(family, side or FAMILIES[family][1])
-    text = sum(2 * params * tokens for params, tokens in TEXT_ENCODERS[family])
-    per_image = text + steps * counted.denoiser_flops + counted.vae_decode_flops \
-        + sum(2 * REWARDS[name] * REWARD_TOKENS for name in metrics) + fid * INCEPTION_FLOPS
+    scoring = reward_flops("{" + ", ".join(f"{name}: 1" for name in metrics) + "}")[1] if metrics else 0.0
+    per_image = encoding_flops(TEXT_ENCODERS[family]) + steps * counted.denoiser_flops + counted.vae_decode_flops \
+        + scoring + fid * INCEPTION_FLOPS
     hours = {gpu: images * per_image / (peak * 1e12 * MFU) / 3600 for gpu, (peak, _) in GPUS.items()}
     return {"tflops_per_image": per_image / 1e12, "gpu_hours": hours, "mfu": MFU}
 

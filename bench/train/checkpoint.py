@@ -48,10 +48,6 @@ def save_weights(state: dict[str, torch.Tensor], file: Path) -> None:
     save_file({name: value.detach().cpu().contiguous() for name, value in state.items()}, file)
 
 
-def load_weights(file: Path) -> dict[str, torch.Tensor]:
-    return load_file(file)
-
-
 def check_processes(folder: Path, processes: int) -> None:
     """A sharded checkpoint resumes only under the number of processes that wrote its shards."""
     saved = progress(folder).get("processes")
@@ -81,8 +77,9 @@ def progress(folder: Path) -> dict:
     return json.loads((folder / PROGRESS_FILE).read_text())
 
 
-def ema_weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / EMA_FILE)
+def weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    """One of the checkpoint's weight files (GENERATOR_FILE, FAKE_FILE, EMA_FILE), read without unpickling."""
+    return load_file(folder / name)
 
 
 def load_ema_generator(run: Run, generator: torch.nn.Module) -> int:
@@ -90,7 +87,7 @@ def load_ema_generator(run: Run, generator: torch.nn.Module) -> int:
     folder = checkpoint_of(run, "to evaluate")
     load_into(generator, folder / GENERATOR_FILE, run)
     with torch.no_grad():
-        for name, value in ema_weights(folder).items():
+        for name, value in weights(folder, EMA_FILE).items():
             generator.get_parameter(name).copy_(value)
     return int(progress(folder)["step"])
 

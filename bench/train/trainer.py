@@ -378,11 +378,11 @@ class Trainer:
         checkpoint.check_contents(folder)
         if self.sharded:
             for module, name in ((self.generator, checkpoint.GENERATOR_FILE), (self.fake, checkpoint.FAKE_FILE)):
-                sharding.load_full_state(module, checkpoint.load_weights(folder / name))
+                sharding.load_full_state(module, checkpoint.weights(folder, name))
             sharding.load_optimizers(folder, self.optimised())
         else:
             self.accelerator.load_state(str(folder))  # safetensors models, weights-only optimiser states
-        self.ema.load(checkpoint.ema_weights(folder))
+        self.ema.load(checkpoint.weights(folder, checkpoint.EMA_FILE))
         state = checkpoint.progress(folder)
         self.counters.step, self.counters.wall = int(state["step"]), float(state["wall"])
         if self.main:
