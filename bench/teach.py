@@ -53,7 +53,7 @@ class TeachConfig:
     drop: float = param(0.5, "share of samples taught unconditionally (the caption dropped as the family drops it). "
                         "Half, not the 10% of real training: guidance reads the unconditional law of overlapping "
                         "captions, the harder one to learn: at 10% SDXL's guided score along the line between two "
-                        "overlapping captions was 1.85 times the exact one at t 0.2, at half within 4%", ge=0, lt=1)
+                        "overlapping captions was 1.85 times the exact one at t 0.2, at half 4% off", ge=0, lt=1)
     sampler_steps: int = param(25, "DPM-Solver++ steps (Karras times) of the sampler check", ge=1, le=1000)
     samples: int = param(256, "samples a caption in the sampler check", ge=8, le=100000)
 

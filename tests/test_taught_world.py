@@ -179,7 +179,7 @@ def guided_reference_score_is_the_worlds_along_the_line_between_captions(sdxl_te
     """The guided reference score the methods read (the regulariser's batch: the backend's conditional and
     unconditional calls, combined as s_u + w (s_c - s_u)) pulls caption 0's noisy samples along the line towards
     caption 1 as the world's exact guided score does, at the times where guidance moves them most. Measured at
-    t 0.3 / 0.5 / 0.7: -0.60 / -0.84 / -0.46 against the exact -0.54 / -0.80 / -0.48 (eps units), within 11%; a
+    t 0.3 / 0.5 / 0.7: -0.58 / -0.83 / -0.46 against the exact -0.55 / -0.77 / -0.49 (eps units), within 7%; a
     teacher taught with a tenth of its samples unconditional was 51% off at t 0.3. Checked by hand at t 0.3, each
     mistake fails: CFG written s_c + w (s_c - s_u) -0.87, the conditional and unconditional swapped +0.89, SDXL's
     unconditional read at the empty prompt instead of the zeros its pipeline (and so the teacher) uses +0.26, the
