@@ -2,6 +2,7 @@
 
     python benchmarks/taught_world.py [--families sd15,pixart_alpha,sdxl,sd3] [--steps 200] [--jobs 2]
     python benchmarks/taught_world.py --guidance [--family sdxl] [--steps 800]
+    python benchmarks/taught_world.py --overshoot [--family sd15] [--jobs 2]
 
 For each family: `bench teach` with its defaults (the teacher's eps error against the exact eps, and its sampler's
 FD to the mixture beside the same solver on the exact eps and the finite-sample floor of exact samples); then on
@@ -17,8 +18,12 @@ apart over 64 latent values), and KL-RLHF with nothing to gain at the single tim
 1, 3 and 0.5; its caption-0 samples' mean along the line to the other caption is printed beside the closed form (the
 one tests/test_cfg.py holds the analytic backend to), with their spread (the reference's: 1), and at the end a check
 of the fake score against a Gaussian fitted to the generator's samples (fake_check). One fake update a step at
-lr_fake 1e-4, for time: the defaults (four at 1e-3) moved the same way at step 200 (by hand). Nothing here is a
-test.
+lr_fake 1e-4, for time: the defaults (four at 1e-3) moved the same way at step 200 (by hand).
+
+With --overshoot: where KL-RLHF's reward overshoot on the family's default teacher comes from. The gradient of the
+reward carried through the teacher's denoiser at t 0.02 (what KL-RLHF's reward term differentiates) against the
+same through the world's exact posterior mean, and KL-RLHF at alpha_rew 20 under changes to the rates and the
+fake updates, its reward every 100 steps beside p*'s. Nothing here is a test.
 """
 
 from __future__ import annotations
@@ -172,6 +177,68 @@ def guidance(family: str, steps: int, jobs: int) -> None:
                 print("\n".join(rows), flush=True)
 
 
+OVERSHOOT_RUNS = (("none", (), 200), ("four fake updates a step", ("method.fake_steps=4",), 400),
+                  ("generator lr 0.01 (default 0.03)", ("train.lr_gen=0.01",), 300),
+                  ("generator lr 0.003", ("train.lr_gen=0.003",), 600),
+                  ("fake lr 3e-3 (default 1e-3)", ("train.lr_fake=3e-3",), 300),
+                  ("fake lr 1e-4", ("train.lr_fake=1e-4",), 300))
+
+
+def reward_run(folder: Path, family: str, settings: tuple[str, ...], steps: int) -> list[float]:
+    """KL-RLHF at alpha_rew 20: the EMA generator's reward every 100 steps."""
+    torch.set_num_threads(1)
+    trainer = trainer_on(folder, family, "method=kl_rlhf", "method.alpha_rew=20", *settings)
+    rewards = []
+    for step in range(1, steps + 1):
+        trainer.step_once()
+        if step % 100 == 0:
+            with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
+                rewards.append(trainer.backend.evaluate(generator, 512, 0)[0]["reward"])
+    return rewards
+
+
+def reward_gradient_ratio(folder: Path, family: str, time: float) -> float:
+    """|grad_x_t r(D_teacher(x_t))| over |grad_x_t r(D_exact(x_t))| on the world's noisy samples at `time`: how much
+    harder the teacher's denoiser carries a latent linear reward to x_t than the world's posterior mean does."""
+    trainer = trainer_on(folder, family, "method=kl_rlhf")
+    backend, world = trainer.backend, trainer.backend.world.reference
+    rng = torch.Generator().manual_seed(0)
+    ids = torch.arange(len(backend.captions)).repeat_interleave(128)
+    x0 = world.sample(ids, rng).reshape(len(ids), *backend.shape)
+    t = torch.full((len(ids),), time)
+    alpha, sigma = backend.schedule.alpha_sigma(t)
+    a, s = alpha[:, None], sigma[:, None]
+    x_t = (a * x0.flatten(1) + s * torch.randn(x0.flatten(1).shape, generator=rng)).requires_grad_(True)
+    score = backend.ref_score(x_t.reshape(x0.shape), t, alpha, sigma, backend.encode(ids)).flatten(1)
+    taught = (x_t + s**2 * score) / a
+    exact = (x_t + s**2 * world.score(x_t, alpha, sigma, ids)) / a
+    grads = [torch.autograd.grad(backend.scores(d.reshape(x0.shape), ids).sum(), x_t, retain_graph=True)[0]
+             for d in (taught, exact)]
+    return float(grads[0].norm(dim=1).mean() / grads[1].norm(dim=1).mean())
+
+
+def overshoot(family: str, jobs: int) -> None:
+    from bench.teach import TeachConfig, teach
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as root:
+        folder = teach(TeachConfig(family=family, out=str(Path(root) / family)), progress=False)
+        ratio = reward_gradient_ratio(folder, family, 0.02)
+        trainer = trainer_on(folder, family, "method=kl_rlhf", "method.alpha_rew=20")
+        optimum = trainer.backend.describe_optimum(512, 0)["reward"]
+        with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
+            start = trainer.backend.evaluate(generator, 512, 0)[0]["reward"]
+        print(f"{family} teacher: the reward's gradient through its denoiser at t 0.02 is {ratio:.2f} times the "
+              f"exact one. KL-RLHF, alpha_rew 20: reward {start:.3f} at the start, p* {optimum:.3f}\n")
+        print("| change to the defaults | reward every 100 steps |")
+        print("|---|---|")
+        with ProcessPoolExecutor(jobs) as pool:
+            runs = pool.map(reward_run, [folder] * len(OVERSHOOT_RUNS), [family] * len(OVERSHOOT_RUNS),
+                            [settings for _, settings, _ in OVERSHOOT_RUNS], [n for _, _, n in OVERSHOOT_RUNS])
+            for (name, _, _), rewards in zip(OVERSHOOT_RUNS, runs, strict=True):
+                print(f"| {name} | {' / '.join(f'{r:.3f}' for r in rewards)} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--families", default="sd15,pixart_alpha,sdxl,sd3")
@@ -179,10 +246,13 @@ def main() -> None:
                         help="training steps of each method on a teacher (200; with --guidance 800)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--guidance", action="store_true", help="the guidance criterion instead (see above)")
-    parser.add_argument("--family", default="sdxl", help="the family of --guidance")
+    parser.add_argument("--overshoot", action="store_true", help="KL-RLHF's reward overshoot instead (see above)")
+    parser.add_argument("--family", default=None, help="the family of --guidance (sdxl) or --overshoot (sd15)")
     args = parser.parse_args()
     if args.guidance:
-        return guidance(args.family, args.steps or 800, args.jobs)
+        return guidance(args.family or "sdxl", args.steps or 800, args.jobs)
+    if args.overshoot:
+        return overshoot(args.family or "sd15", args.jobs)
     families, args.steps = args.families.split(","), args.steps or 200
     print("| family | taught in | teacher's largest eps error | sampler FD: teacher / exact eps / exact samples | "
           f"coverage | DI++ alpha 0, FD to the mixture ({args.steps} steps) | KL-RLHF alpha 20: reward | "
