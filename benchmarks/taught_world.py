@@ -2,7 +2,7 @@
 
     python benchmarks/taught_world.py [--families sd15,pixart_alpha,sdxl,sd3] [--steps 200] [--jobs 2]
     python benchmarks/taught_world.py --guidance [--family sdxl] [--steps 800]
-    python benchmarks/taught_world.py --overshoot [--family sd15] [--jobs 2]
+    python benchmarks/taught_world.py --overshoot [--family sd15] [--s0 0.1] [--jobs 2]
 
 For each family: `bench teach` with its defaults (the teacher's eps error against the exact eps, and its sampler's
 FD to the mixture beside the same solver on the exact eps and the finite-sample floor of exact samples); then on
@@ -20,10 +20,11 @@ one tests/test_cfg.py holds the analytic backend to), with their spread (the ref
 of the fake score against a Gaussian fitted to the generator's samples (fake_check). One fake update a step at
 lr_fake 1e-4, for time: the defaults (four at 1e-3) moved the same way at step 200 (by hand).
 
-With --overshoot: where KL-RLHF's reward overshoot on the family's default teacher comes from. The gradient of the
-reward carried through the teacher's denoiser at t 0.02 (what KL-RLHF's reward term differentiates) against the
-same through the world's exact posterior mean, and KL-RLHF at alpha_rew 20 under changes to the rates and the
-fake updates, its reward every 100 steps beside p*'s. Nothing here is a test.
+With --overshoot: where KL-RLHF's reward overshoot came from on the family's teacher of a world of s0 0.1 (`bench
+teach`'s default before 0.25; --s0 sets another). The gradient of the reward carried through the teacher's
+denoiser at t 0.02 (what KL-RLHF's reward term differentiates) against the same through the world's exact
+posterior mean, and KL-RLHF at alpha_rew 20 under changes to the rates and the fake updates, its reward every 100
+steps beside p*'s. Nothing here is a test.
 """
 
 from __future__ import annotations
@@ -217,19 +218,19 @@ def reward_gradient_ratio(folder: Path, family: str, time: float) -> float:
     return float(grads[0].norm(dim=1).mean() / grads[1].norm(dim=1).mean())
 
 
-def overshoot(family: str, jobs: int) -> None:
+def overshoot(family: str, s0: float, jobs: int) -> None:
     from bench.teach import TeachConfig, teach
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
-        folder = teach(TeachConfig(family=family, out=str(Path(root) / family)), progress=False)
+        folder = teach(TeachConfig(family=family, out=str(Path(root) / family), s0=s0), progress=False)
         ratio = reward_gradient_ratio(folder, family, 0.02)
         trainer = trainer_on(folder, family, "method=kl_rlhf", "method.alpha_rew=20")
         optimum = trainer.backend.describe_optimum(512, 0)["reward"]
         with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
             start = trainer.backend.evaluate(generator, 512, 0)[0]["reward"]
-        print(f"{family} teacher: the reward's gradient through its denoiser at t 0.02 is {ratio:.2f} times the "
-              f"exact one. KL-RLHF, alpha_rew 20: reward {start:.3f} at the start, p* {optimum:.3f}\n")
+        print(f"{family} teacher, s0 {s0:g}: the reward's gradient through its denoiser at t 0.02 is {ratio:.2f} "
+              f"times the exact one. KL-RLHF, alpha_rew 20: reward {start:.3f} at the start, p* {optimum:.3f}\n")
         print("| change to the defaults | reward every 100 steps |")
         print("|---|---|")
         with ProcessPoolExecutor(jobs) as pool:
@@ -248,11 +249,12 @@ def main() -> None:
     parser.add_argument("--guidance", action="store_true", help="the guidance criterion instead (see above)")
     parser.add_argument("--overshoot", action="store_true", help="KL-RLHF's reward overshoot instead (see above)")
     parser.add_argument("--family", default=None, help="the family of --guidance (sdxl) or --overshoot (sd15)")
+    parser.add_argument("--s0", type=float, default=0.1, help="the world's s0 of --overshoot")
     args = parser.parse_args()
     if args.guidance:
         return guidance(args.family or "sdxl", args.steps or 800, args.jobs)
     if args.overshoot:
-        return overshoot(args.family or "sd15", args.jobs)
+        return overshoot(args.family or "sd15", args.s0, args.jobs)
     families, args.steps = args.families.split(","), args.steps or 200
     print("| family | taught in | teacher's largest eps error | sampler FD: teacher / exact eps / exact samples | "
           f"coverage | DI++ alpha 0, FD to the mixture ({args.steps} steps) | KL-RLHF alpha 20: reward | "
