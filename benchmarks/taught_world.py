@@ -185,8 +185,9 @@ OVERSHOOT_RUNS = (("none", (), 200), ("four fake updates a step", ("method.fake_
                   ("fake lr 1e-4", ("train.lr_fake=1e-4",), 300))
 
 
-def reward_run(folder: Path, family: str, settings: tuple[str, ...], steps: int) -> list[float]:
-    """KL-RLHF at alpha_rew 20: the EMA generator's reward every 100 steps."""
+def reward_run(folder: Path, family: str, settings: tuple[str, ...], steps: int) -> tuple[list[float], tuple]:
+    """KL-RLHF at alpha_rew 20: the EMA generator's reward every 100 steps, and at the end what its regulariser sees
+    (shift_seen)."""
     torch.set_num_threads(1)
     trainer = trainer_on(folder, family, "method=kl_rlhf", "method.alpha_rew=20", *settings)
     rewards = []
@@ -195,7 +196,33 @@ def reward_run(folder: Path, family: str, settings: tuple[str, ...], steps: int)
         if step % 100 == 0:
             with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
                 rewards.append(trainer.backend.evaluate(generator, 512, 0)[0]["reward"])
-    return rewards
+    return rewards, shift_seen(trainer)
+
+
+@torch.no_grad()
+def shift_seen(trainer, n: int = 1024) -> tuple[float, float]:
+    """What KL-RLHF's regulariser sees of the generator's move, at its time on the generator's own x_t, caption by
+    caption, averaged: (1) the fake's share of it, <E[D_fake - D_ref], m> / <m, m> with m = E[x0] - E[D_ref] (the
+    move as the teacher's denoiser sees it; a fake that has learnt the generator's law gives E[D_fake] = E[x0]);
+    (2) |m| over the same with the world's exact posterior mean for D_ref (below 1: the teacher sees less of the
+    move than there is)."""
+    backend = trainer.backend
+    rng = torch.Generator().manual_seed(5)
+    ids = torch.arange(len(backend.captions)).repeat_interleave(n // len(backend.captions))
+    cond = backend.encode(ids)
+    x0 = trainer.unwrapped(trainer.generator)(torch.randn((len(ids), *backend.shape), generator=rng), cond).float()
+    b = trainer.generator_batch(x0, trainer.method.sample_t(len(ids), rng), torch.randn(x0.shape, generator=rng),
+                                cond)
+    fake, taught = ((b.x_t + b.sigma**2 * score(b.x_t)) / b.alpha for score in (b.fake_score, b.ref_cond))
+    exact = backend.world.reference.denoise(b.x_t, b.alpha.flatten(), b.sigma.flatten(), ids)
+    shares, seen = [], []
+    for caption in ids.unique():
+        x0_mean, fake_mean, taught_mean, exact_mean = (x[ids == caption].flatten(1).mean(0)
+                                                       for x in (x0, fake, taught, exact))
+        move = x0_mean - taught_mean
+        shares.append(float((fake_mean - taught_mean) @ move / (move @ move)))
+        seen.append(float(move.norm() / (x0_mean - exact_mean).norm()))
+    return sum(shares) / len(shares), sum(seen) / len(seen)
 
 
 def reward_gradient_ratio(folder: Path, family: str, time: float) -> float:
@@ -231,13 +258,14 @@ def overshoot(family: str, s0: float, jobs: int) -> None:
             start = trainer.backend.evaluate(generator, 512, 0)[0]["reward"]
         print(f"{family} teacher, s0 {s0:g}: the reward's gradient through its denoiser at t 0.02 is {ratio:.2f} "
               f"times the exact one. KL-RLHF, alpha_rew 20: reward {start:.3f} at the start, p* {optimum:.3f}\n")
-        print("| change to the defaults | reward every 100 steps |")
-        print("|---|---|")
+        print("| change to the defaults | reward every 100 steps | at the end: the fake's share of the move the "
+              "teacher's denoiser sees | that move against the exact denoiser's |")
+        print("|---|---|---|---|")
         with ProcessPoolExecutor(jobs) as pool:
             runs = pool.map(reward_run, [folder] * len(OVERSHOOT_RUNS), [family] * len(OVERSHOOT_RUNS),
                             [settings for _, settings, _ in OVERSHOOT_RUNS], [n for _, _, n in OVERSHOOT_RUNS])
-            for (name, _, _), rewards in zip(OVERSHOOT_RUNS, runs, strict=True):
-                print(f"| {name} | {' / '.join(f'{r:.3f}' for r in rewards)} |", flush=True)
+            for (name, _, _), (rewards, (share, seen)) in zip(OVERSHOOT_RUNS, runs, strict=True):
+                print(f"| {name} | {' / '.join(f'{r:.3f}' for r in rewards)} | {share:.2f} | {seen:.2f} |", flush=True)
 
 
 def main() -> None:
