@@ -126,20 +126,21 @@ def sdxl_teacher(tmp_path_factory):
 
 
 def test_sdxls_full_teacher(sdxl_teacher):
-    """Both checks of SDXL's fully taught teacher in one test: teaching it costs over a minute, and two tests that
+    """Every check of SDXL's fully taught teacher in one test: teaching it costs over a minute, and tests that
     share it would each teach it on their own test worker (pytest-xdist 3.8's loadgroup, which would keep them
     together, does not group under pytest 9)."""
     teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_start(sdxl_teacher)
     one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher)
     guided_reference_score_is_the_worlds_along_the_line_between_captions(sdxl_teacher)
+    kl_rlhf_with_a_latent_linear_reward_moves_to_p_star(sdxl_teacher)
 
 
 def teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_start(sdxl_teacher):
     """Acceptance on the family that meets every criterion of benchmarks/taught_world.py: the teacher's own sampler
     covers every component with its FD within twice the finite-sample floor, and DI++ with nothing to gain, from
     DMD2's start (the denoiser read at t_init), at least halves its FD to the mixture in 200 steps through the real
-    backend (measured: 1.3 times the floor; 2.97 -> 0.70). With the eps-to-score sign flipped in the backend's
-    ref_score, the same run on SD1.5's teacher went from 1.9 to an FD of 1.6 million."""
+    backend (measured: 1.2 times the floor; 3.43 -> 1.32). With the eps-to-score sign flipped in the backend's
+    ref_score, the same run on SD1.5's teacher (of s0 0.1) went from 1.9 to an FD of 1.6 million."""
     sampler = json.loads((sdxl_teacher / "teacher.json").read_text())["sampler"]
     assert sampler["coverage"] == 1 and sampler["fd"] <= 2 * sampler["fd_exact_samples"], sampler
     trainer = Trainer(build_config(["backend=sdxl", f"backend.model={sdxl_teacher}", "reward=linear", "method=di_pp",
@@ -157,8 +158,8 @@ def teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_st
 
 def one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher):
     """The one-step generator, (z - sigma eps(z; t_init)) / alpha, read on x_t drawn from the world diffused to t_init,
-    is the posterior mean E[x0 | x_t] up to the teacher's own error: its distance to the exact one is a fraction of the
-    posterior's spread (measured 0.16). With alpha and sigma swapped at t_init it is 1.7 times that spread."""
+    is the posterior mean E[x0 | x_t] up to the teacher's own error: its mean squared distance to the exact one is a
+    small fraction of the posterior's variance (measured 0.05). With alpha and sigma swapped at t_init it is 0.44."""
     trainer = Trainer(build_config(["backend=sdxl", f"backend.model={sdxl_teacher}", "reward=linear", "threads=1"]),
                       None, progress=False)
     backend, generator = trainer.backend, trainer.unwrapped(trainer.generator)
@@ -172,18 +173,18 @@ def one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher):
     with torch.no_grad():
         denoised = generator(x_t, backend.encode(ids))
     exact = world.denoise(x_t, alpha, sigma, ids)
-    assert (denoised - exact).pow(2).mean() <= 0.5 * (exact - x0).pow(2).mean()
+    assert (denoised - exact).pow(2).mean() <= 0.15 * (exact - x0).pow(2).mean()
 
 
 def guided_reference_score_is_the_worlds_along_the_line_between_captions(sdxl_teacher, scale=3.0):
     """The guided reference score the methods read (the regulariser's batch: the backend's conditional and
     unconditional calls, combined as s_u + w (s_c - s_u)) pulls caption 0's noisy samples along the line towards
     caption 1 as the world's exact guided score does, at the times where guidance moves them most. Measured at
-    t 0.3 / 0.5 / 0.7: -0.58 / -0.83 / -0.46 against the exact -0.55 / -0.77 / -0.49 (eps units), within 7%; a
-    teacher taught with a tenth of its samples unconditional was 51% off at t 0.3. Checked by hand at t 0.3, each
-    mistake fails: CFG written s_c + w (s_c - s_u) -0.87, the conditional and unconditional swapped +0.89, SDXL's
-    unconditional read at the empty prompt instead of the zeros its pipeline (and so the teacher) uses +0.26, the
-    eps-to-score sign flipped +0.58."""
+    t 0.3 / 0.5 / 0.7: -0.63 / -0.83 / -0.43 against the exact -0.58 / -0.77 / -0.49 (eps units), within 13%; a
+    teacher of s0 0.1 taught with a tenth of its samples unconditional was 51% off at t 0.3. Checked by hand at t 0.3,
+    each mistake fails: CFG written s_c + w (s_c - s_u) -0.94, the conditional and unconditional swapped +0.95,
+    SDXL's unconditional read at the empty prompt instead of the zeros its pipeline (and so the teacher) uses +0.09,
+    the eps-to-score sign flipped +0.63."""
     trainer = Trainer(build_config(["backend=sdxl", f"backend.model={sdxl_teacher}", "reward=linear", "threads=1",
                                     f"method.alpha_cfg={scale}"]), None, progress=False)
     backend = trainer.backend
@@ -205,3 +206,24 @@ def guided_reference_score_is_the_worlds_along_the_line_between_captions(sdxl_te
         exact = unconditional + scale * (conditional - unconditional)  # written out: not the code under test
         pull, exact_pull = (float((score @ line).mean() * sigma[0]) for score in (taught, exact))
         assert abs(pull - exact_pull) <= 0.2 * abs(exact_pull), (time, pull, exact_pull)
+
+
+def kl_rlhf_with_a_latent_linear_reward_moves_to_p_star(sdxl_teacher):
+    """The KL-RLHF criterion through the real backend: from the denoiser start, 200 steps at alpha_rew 20 bring the
+    reward within a tenth of the start-to-p* gap of p*'s (closed form: the world tilted by the latent linear reward),
+    and the FD to p* down by at least 60% (measured: 0.007 -> 1.333 against p*'s 1.379, 3% of the gap left; FD
+    5.27 -> 1.06). On a world of s0 0.1 the tiny teacher's blur at t 0.02 tilted it past p* (README)."""
+    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={sdxl_teacher}", "reward=linear",
+                                    "method=kl_rlhf", "method.alpha_rew=20", "train.batch_size=32", "threads=1"]),
+                      None, progress=False)
+
+    def measured() -> dict:
+        with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
+            return trainer.backend.evaluate(generator, 512, 0)[0]
+
+    start, optimum = measured(), trainer.backend.describe_optimum(512, 0)
+    for _ in range(200):
+        trainer.step_once()
+    end = measured()
+    assert abs(optimum["reward"] - end["reward"]) <= 0.1 * abs(optimum["reward"] - start["reward"]), (start, end)
+    assert end["fd_star"] <= 0.4 * start["fd_star"], (start, end)
