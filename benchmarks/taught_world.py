@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from world_checks import guided_mean_shift, shift_towards
+from world_checks import ema_metrics, guided_mean_shift, shift_towards
 
 GUIDED_WORLD = dict(prompts=2, components=1, s0=1.0)
 GUIDED_T = 0.2
@@ -57,15 +57,10 @@ def trainer_on(folder: Path, family: str, *settings: str):
 def train_on(folder: Path, family: str, method: str, alpha: float, steps: int) -> tuple[dict, dict, dict | None]:
     """Metrics of the EMA generator before and after `steps` updates, and p*'s."""
     trainer = trainer_on(folder, family, f"method={method}", f"method.alpha_rew={alpha}")
-
-    def measured() -> dict:
-        with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
-            return trainer.backend.evaluate(generator, 512, 0)[0]
-
-    start = measured()
+    start = ema_metrics(trainer)
     for _ in range(steps):
         trainer.step_once()
-    return start, measured(), trainer.backend.describe_optimum(512, 0)
+    return start, ema_metrics(trainer), trainer.backend.describe_optimum(512, 0)
 
 
 def change(start: float, end: float) -> str:
@@ -194,8 +189,7 @@ def reward_run(folder: Path, family: str, settings: tuple[str, ...], steps: int)
     for step in range(1, steps + 1):
         trainer.step_once()
         if step % 100 == 0:
-            with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
-                rewards.append(trainer.backend.evaluate(generator, 512, 0)[0]["reward"])
+            rewards.append(ema_metrics(trainer)["reward"])
     return rewards, shift_seen(trainer)
 
 
@@ -225,22 +219,22 @@ def shift_seen(trainer, n: int = 1024) -> tuple[float, float]:
     return sum(shares) / len(shares), sum(seen) / len(seen)
 
 
-def reward_gradient_ratio(folder: Path, family: str, time: float) -> float:
+def reward_gradient_ratio(trainer, time: float) -> float:
     """|grad_x_t r(D_teacher(x_t))| over |grad_x_t r(D_exact(x_t))| on the world's noisy samples at `time`: how much
     harder the teacher's denoiser carries a latent linear reward to x_t than the world's posterior mean does."""
-    trainer = trainer_on(folder, family, "method=kl_rlhf")
+    from bench.diffusion import noised
+
     backend, world = trainer.backend, trainer.backend.world.reference
     rng = torch.Generator().manual_seed(0)
     ids = torch.arange(len(backend.captions)).repeat_interleave(128)
     x0 = world.sample(ids, rng).reshape(len(ids), *backend.shape)
     t = torch.full((len(ids),), time)
-    alpha, sigma = backend.schedule.alpha_sigma(t)
-    a, s = alpha[:, None], sigma[:, None]
-    x_t = (a * x0.flatten(1) + s * torch.randn(x0.flatten(1).shape, generator=rng)).requires_grad_(True)
-    score = backend.ref_score(x_t.reshape(x0.shape), t, alpha, sigma, backend.encode(ids)).flatten(1)
-    taught = (x_t + s**2 * score) / a
-    exact = (x_t + s**2 * world.score(x_t, alpha, sigma, ids)) / a
-    grads = [torch.autograd.grad(backend.scores(d.reshape(x0.shape), ids).sum(), x_t, retain_graph=True)[0]
+    alpha, sigma, x_t = noised(backend.schedule, x0, t, torch.randn(x0.shape, generator=rng))
+    x_t.requires_grad_(True)
+    score = backend.ref_score(x_t, t, alpha, sigma, backend.encode(ids))
+    taught = (x_t + sigma[:, None, None, None] ** 2 * score) / alpha[:, None, None, None]
+    exact = world.denoise(x_t.flatten(1), alpha, sigma, ids).reshape(x0.shape)
+    grads = [torch.autograd.grad(backend.scores(d, ids).sum(), x_t, retain_graph=True)[0].flatten(1)
              for d in (taught, exact)]
     return float(grads[0].norm(dim=1).mean() / grads[1].norm(dim=1).mean())
 
@@ -251,11 +245,10 @@ def overshoot(family: str, s0: float, jobs: int) -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
         folder = teach(TeachConfig(family=family, out=str(Path(root) / family), s0=s0), progress=False)
-        ratio = reward_gradient_ratio(folder, family, 0.02)
         trainer = trainer_on(folder, family, "method=kl_rlhf", "method.alpha_rew=20")
+        ratio = reward_gradient_ratio(trainer, 0.02)
         optimum = trainer.backend.describe_optimum(512, 0)["reward"]
-        with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
-            start = trainer.backend.evaluate(generator, 512, 0)[0]["reward"]
+        start = ema_metrics(trainer)["reward"]
         print(f"{family} teacher, s0 {s0:g}: the reward's gradient through its denoiser at t 0.02 is {ratio:.2f} "
               f"times the exact one. KL-RLHF, alpha_rew 20: reward {start:.3f} at the start, p* {optimum:.3f}\n")
         print("| change to the defaults | reward every 100 steps | at the end: the fake's share of the move the "

@@ -18,6 +18,7 @@ from bench.teach import TeachConfig, exact_eps, teach
 from bench.train.trainer import Trainer
 
 from conftest import bench
+from world_checks import ema_metrics
 
 FAMILIES = ["sd15", "pixart_alpha", "sdxl", "sd3"]
 BRIEF = dict(steps=150, samples=32, sampler_steps=10)
@@ -146,14 +147,10 @@ def teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_st
     trainer = Trainer(build_config(["backend=sdxl", f"backend.model={sdxl_teacher}", "reward=linear", "method=di_pp",
                                     "method.alpha_rew=0", "train.batch_size=32", "threads=1"]), None, progress=False)
 
-    def fd_to_the_world() -> float:
-        with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
-            return trainer.backend.evaluate(generator, 512, 0)[0]["fd_ref"]
-
-    start = fd_to_the_world()
+    start = ema_metrics(trainer)["fd_ref"]
     for _ in range(200):
         trainer.step_once()
-    assert fd_to_the_world() <= 0.5 * start
+    assert ema_metrics(trainer)["fd_ref"] <= 0.5 * start
 
 
 def one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher):
@@ -216,14 +213,9 @@ def kl_rlhf_with_a_latent_linear_reward_moves_to_p_star(sdxl_teacher):
     trainer = Trainer(build_config(["backend=sdxl", f"backend.model={sdxl_teacher}", "reward=linear",
                                     "method=kl_rlhf", "method.alpha_rew=20", "train.batch_size=32", "threads=1"]),
                       None, progress=False)
-
-    def measured() -> dict:
-        with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
-            return trainer.backend.evaluate(generator, 512, 0)[0]
-
-    start, optimum = measured(), trainer.backend.describe_optimum(512, 0)
+    start, optimum = ema_metrics(trainer), trainer.backend.describe_optimum(512, 0)
     for _ in range(200):
         trainer.step_once()
-    end = measured()
+    end = ema_metrics(trainer)
     assert abs(optimum["reward"] - end["reward"]) <= 0.1 * abs(optimum["reward"] - start["reward"]), (start, end)
     assert end["fd_star"] <= 0.4 * start["fd_star"], (start, end)

@@ -57,6 +57,12 @@ def train(trainer: Trainer, steps: int | None = None) -> None:
         trainer.step_once()
 
 
+def ema_metrics(trainer: Trainer, total: int = 512) -> dict[str, float]:
+    """The backend's evaluation metrics of the EMA generator (on a taught world: its exact metrics and the reward)."""
+    with trainer.ema.applied(trainer.unwrapped(trainer.generator)) as generator:
+        return trainer.backend.evaluate(generator, total, 0)[0]
+
+
 def generated(trainer: Trainer, per_caption: int, seed: int = 99, ema: bool = True):
     """Samples of every caption from fixed noise: (x, caption ids)."""
     backend = trainer.backend
