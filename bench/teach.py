@@ -190,14 +190,25 @@ def sd3_pipeline(side: int, folder: Path):
 
 def teach(cfg: TeachConfig, progress: bool = True) -> Path:
     """Write the taught pipeline folder `cfg.out`; returns it."""
-    from bench.backends import load_backend
-    from bench.config import build_config
-    from bench.store.files import atomic_write_json, replace_folder
-
     if not cfg.out:
         raise UsageError("bench teach needs out=DIR, the folder to write the taught pipeline to")
     out = Path(cfg.out).expanduser().resolve()
     partial = out.with_name(f".{out.name}.teaching")
+    threads = torch.get_num_threads()
+    # One thread: a CPU's float sums depend on how many threads share them, and a teacher is reproduced bit for bit
+    # from its seed only on the thread count it was taught on (on this tiny network two threads were no faster).
+    torch.set_num_threads(1)
+    try:
+        return taught_folder(cfg, out, partial, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def taught_folder(cfg: TeachConfig, out: Path, partial: Path, progress: bool) -> Path:
+    from bench.backends import load_backend
+    from bench.config import build_config
+    from bench.store.files import atomic_write_json, replace_folder
+
     torch.manual_seed(cfg.seed)
     shape = (LATENT_CHANNELS[cfg.family], cfg.side, cfg.side)
     texts, world = picture_mixture(cfg.prompts, cfg.components, cfg.side, shape[0], cfg.s0)
@@ -211,8 +222,14 @@ def teach(cfg: TeachConfig, progress: bool = True) -> Path:
     net = backend.reference_net.requires_grad_(True).train()
     losses = fit(backend, world, cfg, progress)
     net.requires_grad_(False).eval()
+    # Diffusers records the folder each part was loaded from (here `partial`): a teacher is the same bytes wherever
+    # it is taught, so neither that nor `out` is written.
+    for part in (backend.pipe, *backend.pipe.components.values()):
+        if hasattr(part, "register_to_config"):
+            part.register_to_config(_name_or_path="")
     backend.pipe.save_pretrained(partial)
-    report = {"family": cfg.family, "config": vars(cfg) | {"out": str(out)}, "final_loss": losses,
+    settings = {key: value for key, value in vars(cfg).items() if key != "out"}
+    report = {"family": cfg.family, "config": settings, "final_loss": losses,
               "eps_error": eps_error(backend, world, cfg.seed),
               "sampler": sampler_check(backend, world, cfg)}
     atomic_write_json(partial / TEACHER_FILE, report)

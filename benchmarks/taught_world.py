@@ -3,6 +3,7 @@
     python benchmarks/taught_world.py [--families sd15,pixart_alpha,sdxl,sd3] [--steps 200] [--jobs 2]
     python benchmarks/taught_world.py --guidance [--family sdxl] [--steps 800]
     python benchmarks/taught_world.py --overshoot [--family sd15] [--s0 0.1] [--jobs 2]
+    python benchmarks/taught_world.py --reproduce [--write]
 
 For each family: `bench teach` with its defaults (the teacher's eps error against the exact eps, and its sampler's
 FD to the mixture beside the same solver on the exact eps and the finite-sample floor of exact samples); then on
@@ -25,11 +26,16 @@ teach`'s default before 0.25; --s0 sets another). The gradient of the reward car
 denoiser at t 0.02 (what KL-RLHF's reward term differentiates) against the same through the world's exact
 posterior mean, and KL-RLHF at alpha_rew 20 under changes to the rates and the fake updates, its reward every 100
 steps beside p*'s. Nothing here is a test.
+
+With --reproduce: `bench teach family=sdxl` with its defaults, compared file by file with the teacher the tests use
+(tests/teachers/sdxl); --write replaces that one with the new one (after a change to `bench teach`). Teaching runs
+on one thread, so a CPU with the same torch build reproduces it bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -41,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from world_checks import ema_metrics, guided_mean_shift, shift_towards
 
+COMMITTED_TEACHER = Path(__file__).resolve().parent.parent / "tests" / "teachers" / "sdxl"
 GUIDED_WORLD = dict(prompts=2, components=1, s0=1.0)
 GUIDED_T = 0.2
 
@@ -261,6 +268,26 @@ def overshoot(family: str, s0: float, jobs: int) -> None:
                 print(f"| {name} | {' / '.join(f'{r:.3f}' for r in rewards)} | {share:.2f} | {seen:.2f} |", flush=True)
 
 
+def reproduce(write: bool) -> None:
+    from bench.teach import TeachConfig, teach
+
+    with tempfile.TemporaryDirectory() as root:
+        began = time.perf_counter()
+        fresh = teach(TeachConfig(family="sdxl", out=str(Path(root) / "sdxl")))
+        print(f"taught in {time.perf_counter() - began:.0f} s")
+        files = {path.relative_to(folder) for folder in (fresh, COMMITTED_TEACHER)
+                 for path in folder.rglob("*") if path.is_file()}
+        differ = [str(name) for name in sorted(files) if not ((fresh / name).is_file() and
+                                                             (COMMITTED_TEACHER / name).is_file() and
+                                                             (fresh / name).read_bytes() ==
+                                                             (COMMITTED_TEACHER / name).read_bytes())]
+        print(f"{len(files) - len(differ)} of {len(files)} files identical" + (f"; differ: {differ}" if differ else ""))
+        if write and differ:
+            shutil.rmtree(COMMITTED_TEACHER)
+            shutil.copytree(fresh, COMMITTED_TEACHER)
+            print(f"wrote {COMMITTED_TEACHER}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--families", default="sd15,pixart_alpha,sdxl,sd3")
@@ -271,7 +298,11 @@ def main() -> None:
     parser.add_argument("--overshoot", action="store_true", help="KL-RLHF's reward overshoot instead (see above)")
     parser.add_argument("--family", default=None, help="the family of --guidance (sdxl) or --overshoot (sd15)")
     parser.add_argument("--s0", type=float, default=0.1, help="the world's s0 of --overshoot")
+    parser.add_argument("--reproduce", action="store_true", help="teach the tests' SDXL teacher again (see above)")
+    parser.add_argument("--write", action="store_true", help="with --reproduce: replace the tests' teacher")
     args = parser.parse_args()
+    if args.reproduce:
+        return reproduce(args.write)
     if args.guidance:
         return guidance(args.family or "sdxl", args.steps or 800, args.jobs)
     if args.overshoot:

@@ -6,6 +6,7 @@ eps through the family's own calls. One family's teacher is taught in full, for 
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,23 +121,24 @@ def test_a_taught_folder_refuses_what_does_not_fit_it(taught, capsys):
     assert "needs out=DIR" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="session")
-def sdxl_teacher(tmp_path_factory):
-    """SDXL's teacher with the defaults of `bench teach` (about 85 s on one core)."""
-    return teach(TeachConfig(family="sdxl", out=str(tmp_path_factory.mktemp("taught_full") / "sdxl")), progress=False)
+# SDXL's teacher with the defaults of `bench teach`, committed (3.7 MB): teaching it costs two minutes of a core.
+# `python benchmarks/taught_world.py --reproduce` teaches it again and compares every byte.
+SDXL_TEACHER = Path(__file__).parent / "teachers" / "sdxl"
 
 
-def test_sdxls_full_teacher(sdxl_teacher):
-    """Every check of SDXL's fully taught teacher in one test: teaching it costs over a minute, and tests that
-    share it would each teach it on their own test worker (pytest-xdist 3.8's loadgroup, which would keep them
-    together, does not group under pytest 9)."""
-    teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_start(sdxl_teacher)
-    one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher)
-    guided_reference_score_is_the_worlds_along_the_line_between_captions(sdxl_teacher)
-    kl_rlhf_with_a_latent_linear_reward_moves_to_p_star(sdxl_teacher)
+def test_the_committed_teacher_is_taught_with_the_defaults_of_bench_teach():
+    """A change to a default of `bench teach` leaves the committed teacher stale: teach it again (see above)."""
+    settings = json.loads((SDXL_TEACHER / "teacher.json").read_text())["config"]
+    defaults = {key: value for key, value in vars(TeachConfig(family="sdxl")).items() if key != "out"}
+    assert settings == defaults, "tests/teachers/sdxl is stale: python benchmarks/taught_world.py --reproduce --write"
 
 
-def teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_start(sdxl_teacher):
+@pytest.fixture
+def sdxl_teacher():
+    return SDXL_TEACHER
+
+
+def test_sdxls_teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_start(sdxl_teacher):
     """Acceptance on the family that meets every criterion of benchmarks/taught_world.py: the teacher's own sampler
     covers every component with its FD within twice the finite-sample floor, and DI++ with nothing to gain, from
     DMD2's start (the denoiser read at t_init), at least halves its FD to the mixture in 200 steps through the real
@@ -153,7 +155,7 @@ def teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_st
     assert ema_metrics(trainer)["fd_ref"] <= 0.5 * start
 
 
-def one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher):
+def test_sdxls_one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher):
     """The one-step generator, (z - sigma eps(z; t_init)) / alpha, read on x_t drawn from the world diffused to t_init,
     is the posterior mean E[x0 | x_t] up to the teacher's own error: its mean squared distance to the exact one is a
     small fraction of the posterior's variance (measured 0.05). With alpha and sigma swapped at t_init it is 0.44."""
@@ -173,7 +175,7 @@ def one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher):
     assert (denoised - exact).pow(2).mean() <= 0.15 * (exact - x0).pow(2).mean()
 
 
-def guided_reference_score_is_the_worlds_along_the_line_between_captions(sdxl_teacher, scale=3.0):
+def test_sdxls_guided_reference_score_is_the_worlds_along_the_line_between_captions(sdxl_teacher, scale=3.0):
     """The guided reference score the methods read (the regulariser's batch: the backend's conditional and
     unconditional calls, combined as s_u + w (s_c - s_u)) pulls caption 0's noisy samples along the line towards
     caption 1 as the world's exact guided score does, at the times where guidance moves them most. Measured at
@@ -205,7 +207,7 @@ def guided_reference_score_is_the_worlds_along_the_line_between_captions(sdxl_te
         assert abs(pull - exact_pull) <= 0.2 * abs(exact_pull), (time, pull, exact_pull)
 
 
-def kl_rlhf_with_a_latent_linear_reward_moves_to_p_star(sdxl_teacher):
+def test_sdxls_kl_rlhf_with_a_latent_linear_reward_moves_to_p_star(sdxl_teacher):
     """The KL-RLHF criterion through the real backend: from the denoiser start, 200 steps at alpha_rew 20 bring the
     reward within a tenth of the start-to-p* gap of p*'s (closed form: the world tilted by the latent linear reward),
     and the FD to p* down by at least 60% (measured: 0.007 -> 1.333 against p*'s 1.379, 3% of the gap left; FD
