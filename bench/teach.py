@@ -195,8 +195,8 @@ def teach(cfg: TeachConfig, progress: bool = True) -> Path:
     out = Path(cfg.out).expanduser().resolve()
     partial = out.with_name(f".{out.name}.teaching")
     threads = torch.get_num_threads()
-    # One thread: a CPU's float sums depend on how many threads share them, and a teacher is reproduced bit for bit
-    # from its seed only on the thread count it was taught on (on this tiny network two threads were no faster).
+    # One thread: a CPU's float sums depend on how many threads share them, so a seed gives the same teacher bit for
+    # bit only at one thread count (and on the same kind of CPU and torch build).
     torch.set_num_threads(1)
     try:
         return taught_folder(cfg, out, partial, progress)
