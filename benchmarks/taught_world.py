@@ -28,8 +28,9 @@ posterior mean, and KL-RLHF at alpha_rew 20 under changes to the rates and the f
 steps beside p*'s. Nothing here is a test.
 
 With --reproduce: `bench teach family=sdxl` with its defaults, compared file by file with the teacher the tests use
-(tests/teachers/sdxl); --write replaces that one with the new one (after a change to `bench teach`). Teaching runs
-on one thread, so a CPU with the same torch build reproduces it bit for bit.
+(tests/teachers/sdxl), every byte of every file (of a safetensors file: its metadata and its tensors' bytes, since
+the order of its metadata is its own); --write replaces that one with the new one (after a change to `bench teach`).
+Teaching runs on one thread, so a CPU of the same kind with the same torch build reproduces it bit for bit.
 """
 
 from __future__ import annotations
@@ -268,6 +269,17 @@ def overshoot(family: str, s0: float, jobs: int) -> None:
                 print(f"| {name} | {' / '.join(f'{r:.3f}' for r in rewards)} | {share:.2f} | {seen:.2f} |", flush=True)
 
 
+def content(path: Path):
+    """A file's bytes; a safetensors file's metadata and tensors' bytes, since safetensors writes its metadata in an
+    order of its own, which differs from one process to the next."""
+    from safetensors import safe_open
+
+    if not path.is_file() or path.suffix != ".safetensors":
+        return path.is_file() and path.read_bytes()
+    with safe_open(str(path), "pt") as tensors:
+        return tensors.metadata(), {key: tensors.get_tensor(key).numpy().tobytes() for key in sorted(tensors.keys())}
+
+
 def reproduce(write: bool) -> None:
     from bench.teach import TeachConfig, teach
 
@@ -277,10 +289,7 @@ def reproduce(write: bool) -> None:
         print(f"taught in {time.perf_counter() - began:.0f} s")
         files = {path.relative_to(folder) for folder in (fresh, COMMITTED_TEACHER)
                  for path in folder.rglob("*") if path.is_file()}
-        differ = [str(name) for name in sorted(files) if not ((fresh / name).is_file() and
-                                                             (COMMITTED_TEACHER / name).is_file() and
-                                                             (fresh / name).read_bytes() ==
-                                                             (COMMITTED_TEACHER / name).read_bytes())]
+        differ = [str(name) for name in sorted(files) if content(fresh / name) != content(COMMITTED_TEACHER / name)]
         print(f"{len(files) - len(differ)} of {len(files)} files identical" + (f"; differ: {differ}" if differ else ""))
         if write and differ:
             shutil.rmtree(COMMITTED_TEACHER)
