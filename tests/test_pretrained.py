@@ -316,6 +316,31 @@ def test_sdxl_drops_text_as_zeros_and_conditions_on_pooled_embeddings_and_size(t
     torch.testing.assert_close(base, pipe_eps)  # the pipeline's time ids for a square at our size, uncropped
 
 
+@pytest.mark.parametrize("backend", ["sd15", "pixart_alpha", "sdxl"])
+def test_x_t_is_noised_to_the_timestep_the_denoiser_is_told(tiny_models, backend):
+    """The x_t the methods build at time t is what the family's own betas give at the timestep the backend hands the
+    denoiser with it (diffusers' DDPM add_noise on the pipeline's scheduler config). An index off by one between
+    alphas_cumprod and that timestep, on either side, fails here, where the taught teachers' own error hides it."""
+    from diffusers import DDPMScheduler
+
+    trainer = trainer_for(tiny_models, backend, "method.alpha_cfg=1")
+    b = trainer.backend
+    told = []
+    hook = b.reference_net.register_forward_pre_hook(
+        lambda net, args, kwargs: told.append(kwargs["timestep"] if "timestep" in kwargs else args[1]),
+        with_kwargs=True)
+    d = trainer.draw(GENERATOR_PHASE)
+    x0 = trainer.generator(d["z"], d["cond"]).detach()
+    batch = trainer.generator_batch(x0, d["t"], d["eps"], d["cond"])
+    with torch.no_grad():
+        batch.ref_score(batch.x_t, 1.0)
+    hook.remove()
+    timesteps = told[0].flatten().long().expand(len(x0))
+    assert len(set(timesteps.tolist())) > 1  # several noise levels, each its own
+    expected = DDPMScheduler.from_config(b.pipe.scheduler.config).add_noise(x0, d["eps"], timesteps)
+    torch.testing.assert_close(batch.x_t, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_sd3_reads_its_velocity_as_the_flows_own_euler_step_and_runs_without_t5(tiny_models):
     """SD3's transformer predicts v = eps - x0 on x_t = (1 - s) x0 + s eps. The reference's Tweedie x0, read through
     the eps the backend makes of v, must be where the pipeline's own scheduler steps x_t to at sigma 0: x_t - s v.
