@@ -2,7 +2,7 @@
 
 Most teachers here are taught briefly (an eighth of the default's updates): those tests check what the folder holds,
 that the real backend trains on it and is scored against the world exactly, and that the teacher learnt the exact
-eps through the family's own calls. One family's teacher is taught in full, for an acceptance test.
+eps through the family's own calls. SDXL's teacher, taught in full, is committed for the acceptance tests.
 """
 
 import json
