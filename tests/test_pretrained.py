@@ -325,17 +325,18 @@ def test_x_t_is_noised_to_the_timestep_the_denoiser_is_told(tiny_models, backend
 
     trainer = trainer_for(tiny_models, backend, "method.alpha_cfg=1")
     b = trainer.backend
+    d = trainer.draw(GENERATOR_PHASE)
+    x0 = trainer.generator(d["z"], d["cond"]).detach()
+    batch = trainer.generator_batch(x0, d["t"], d["eps"], d["cond"])
     told = []
     hook = b.reference_net.register_forward_pre_hook(
         lambda net, args, kwargs: told.append(kwargs["timestep"] if "timestep" in kwargs else args[1]),
         with_kwargs=True)
-    d = trainer.draw(GENERATOR_PHASE)
-    x0 = trainer.generator(d["z"], d["cond"]).detach()
-    batch = trainer.generator_batch(x0, d["t"], d["eps"], d["cond"])
     with torch.no_grad():
         batch.ref_score(batch.x_t, 1.0)
     hook.remove()
-    timesteps = told[0].flatten().long().expand(len(x0))
+    (timesteps,) = told  # the one call: the reference's, unguided
+    timesteps = timesteps.flatten().long().expand(len(x0))
     assert len(set(timesteps.tolist())) > 1  # several noise levels, each its own
     expected = DDPMScheduler.from_config(b.pipe.scheduler.config).add_noise(x0, d["eps"], timesteps)
     torch.testing.assert_close(batch.x_t, expected, rtol=1e-5, atol=1e-6)
