@@ -188,6 +188,11 @@ def sd3_pipeline(side: int, folder: Path):
         text_encoder_3=text_3, tokenizer_3=t5_tokenizer(folder / "t5", length=24))
 
 
+def recorded_settings(cfg: TeachConfig) -> dict:
+    """The settings teacher.json records: all but `out`, which is no part of the teacher."""
+    return {key: value for key, value in vars(cfg).items() if key != "out"}
+
+
 def teach(cfg: TeachConfig, progress: bool = True) -> Path:
     """Write the taught pipeline folder `cfg.out`; returns it."""
     if not cfg.out:
@@ -223,13 +228,12 @@ def taught_folder(cfg: TeachConfig, out: Path, partial: Path, progress: bool) ->
     losses = fit(backend, world, cfg, progress)
     net.requires_grad_(False).eval()
     # Diffusers records the folder each part was loaded from (here `partial`): a teacher is the same bytes wherever
-    # it is taught, so neither that nor `out` is written.
+    # it is taught, so that is not written.
     for part in (backend.pipe, *backend.pipe.components.values()):
         if hasattr(part, "register_to_config"):
             part.register_to_config(_name_or_path="")
     backend.pipe.save_pretrained(partial)
-    settings = {key: value for key, value in vars(cfg).items() if key != "out"}
-    report = {"family": cfg.family, "config": settings, "final_loss": losses,
+    report = {"family": cfg.family, "config": recorded_settings(cfg), "final_loss": losses,
               "eps_error": eps_error(backend, world, cfg.seed),
               "sampler": sampler_check(backend, world, cfg)}
     atomic_write_json(partial / TEACHER_FILE, report)

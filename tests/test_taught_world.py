@@ -15,7 +15,7 @@ from diffusers import DiffusionPipeline
 from bench.analytic.world import load_mixture
 from bench.cli import main
 from bench.config import build_config
-from bench.teach import TeachConfig, exact_eps, teach
+from bench.teach import TeachConfig, exact_eps, recorded_settings, teach
 from bench.train.trainer import Trainer
 
 from conftest import bench
@@ -129,24 +129,19 @@ SDXL_TEACHER = Path(__file__).parent / "teachers" / "sdxl"
 def test_the_committed_teacher_is_taught_with_the_defaults_of_bench_teach():
     """A change to a default of `bench teach` leaves the committed teacher stale: teach it again (see above)."""
     settings = json.loads((SDXL_TEACHER / "teacher.json").read_text())["config"]
-    defaults = {key: value for key, value in vars(TeachConfig(family="sdxl")).items() if key != "out"}
-    assert settings == defaults, "tests/teachers/sdxl is stale: python benchmarks/taught_world.py --reproduce --write"
+    assert settings == recorded_settings(TeachConfig(family="sdxl")), \
+        "tests/teachers/sdxl is stale: python benchmarks/taught_world.py --reproduce --write"
 
 
-@pytest.fixture
-def sdxl_teacher():
-    return SDXL_TEACHER
-
-
-def test_sdxls_teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_start(sdxl_teacher):
+def test_sdxls_teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_start():
     """Acceptance on the family that meets every criterion of benchmarks/taught_world.py: the teacher's own sampler
     covers every component with its FD within twice the finite-sample floor, and DI++ with nothing to gain, from
     DMD2's start (the denoiser read at t_init), at least halves its FD to the mixture in 200 steps through the real
     backend (measured: 1.2 times the floor; 3.43 -> 1.32). With the eps-to-score sign flipped in the backend's
     ref_score, the same run on SD1.5's teacher (of s0 0.1) went from 1.9 to an FD of 1.6 million."""
-    sampler = json.loads((sdxl_teacher / "teacher.json").read_text())["sampler"]
+    sampler = json.loads((SDXL_TEACHER / "teacher.json").read_text())["sampler"]
     assert sampler["coverage"] == 1 and sampler["fd"] <= 2 * sampler["fd_exact_samples"], sampler
-    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={sdxl_teacher}", "reward=linear", "method=di_pp",
+    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear", "method=di_pp",
                                     "method.alpha_rew=0", "train.batch_size=32", "threads=1"]), None, progress=False)
 
     start = ema_metrics(trainer)["fd_ref"]
@@ -155,11 +150,11 @@ def test_sdxls_teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_
     assert ema_metrics(trainer)["fd_ref"] <= 0.5 * start
 
 
-def test_sdxls_one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teacher):
+def test_sdxls_one_step_start_is_the_worlds_posterior_mean_at_t_init():
     """The one-step generator, (z - sigma eps(z; t_init)) / alpha, read on x_t drawn from the world diffused to t_init,
     is the posterior mean E[x0 | x_t] up to the teacher's own error: its mean squared distance to the exact one is a
     small fraction of the posterior's variance (measured 0.05). With alpha and sigma swapped at t_init it is 0.44."""
-    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={sdxl_teacher}", "reward=linear", "threads=1"]),
+    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear", "threads=1"]),
                       None, progress=False)
     backend, generator = trainer.backend, trainer.unwrapped(trainer.generator)
     world = backend.world.reference
@@ -175,7 +170,7 @@ def test_sdxls_one_step_start_is_the_worlds_posterior_mean_at_t_init(sdxl_teache
     assert (denoised - exact).pow(2).mean() <= 0.15 * (exact - x0).pow(2).mean()
 
 
-def test_sdxls_guided_reference_score_is_the_worlds_along_the_line_between_captions(sdxl_teacher, scale=3.0):
+def test_sdxls_guided_reference_score_is_the_worlds_along_the_line_between_captions():
     """The guided reference score the methods read (the regulariser's batch: the backend's conditional and
     unconditional calls, combined as s_u + w (s_c - s_u)) pulls caption 0's noisy samples along the line towards
     caption 1 as the world's exact guided score does, at the times where guidance moves them most. Measured at
@@ -184,7 +179,8 @@ def test_sdxls_guided_reference_score_is_the_worlds_along_the_line_between_capti
     each mistake fails: CFG written s_c + w (s_c - s_u) -0.94, the conditional and unconditional swapped +0.95,
     SDXL's unconditional read at the empty prompt instead of the zeros its pipeline (and so the teacher) uses +0.09,
     the eps-to-score sign flipped +0.63."""
-    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={sdxl_teacher}", "reward=linear", "threads=1",
+    scale = 3.0
+    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear", "threads=1",
                                     f"method.alpha_cfg={scale}"]), None, progress=False)
     backend = trainer.backend
     world = backend.world.reference
@@ -207,12 +203,12 @@ def test_sdxls_guided_reference_score_is_the_worlds_along_the_line_between_capti
         assert abs(pull - exact_pull) <= 0.2 * abs(exact_pull), (time, pull, exact_pull)
 
 
-def test_sdxls_kl_rlhf_with_a_latent_linear_reward_moves_to_p_star(sdxl_teacher):
+def test_sdxls_kl_rlhf_with_a_latent_linear_reward_moves_to_p_star():
     """The KL-RLHF criterion through the real backend: from the denoiser start, 200 steps at alpha_rew 20 bring the
     reward within a tenth of the start-to-p* gap of p*'s (closed form: the world tilted by the latent linear reward),
     and the FD to p* down by at least 60% (measured: 0.007 -> 1.333 against p*'s 1.379, 3% of the gap left; FD
     5.27 -> 1.06). On a world of s0 0.1 the tiny teacher's blur at t 0.02 tilted it past p* (README)."""
-    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={sdxl_teacher}", "reward=linear",
+    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear",
                                     "method=kl_rlhf", "method.alpha_rew=20", "train.batch_size=32", "threads=1"]),
                       None, progress=False)
     start, optimum = ema_metrics(trainer), trainer.backend.describe_optimum(512, 0)
