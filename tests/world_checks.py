@@ -63,6 +63,19 @@ def ema_metrics(trainer: Trainer, total: int = 512) -> dict[str, float]:
         return trainer.backend.evaluate(generator, total, 0)[0]
 
 
+def exact_floor(trainer: Trainer, total: int = 512, seed: int = 5) -> dict[str, float]:
+    """What ema_metrics' FDs read on as many exact samples of the reference (fd_ref) and of p* (fd_star, where the
+    world has one): the finite-sample floor those distances sit on (0.6 for 128 samples of 64 latent values), so that
+    a fall is measured above it."""
+    world, shape = trainer.backend.world, trainer.backend.shape
+    cond = world.eval_captions(total)
+    rng = torch.Generator().manual_seed(seed)
+    floor = {"fd_ref": world.metrics(world.reference.sample(cond, rng).reshape(-1, *shape), cond, 0)[0]["fd_ref"]}
+    if world.optimum is not None:
+        floor["fd_star"] = world.metrics(world.optimum.sample(cond, rng).reshape(-1, *shape), cond, 0)[0]["fd_star"]
+    return floor
+
+
 def generated(trainer: Trainer, per_caption: int, seed: int = 99, ema: bool = True):
     """Samples of every caption from fixed noise: (x, caption ids)."""
     backend = trainer.backend
