@@ -178,10 +178,9 @@ def test_sdxls_guided_reference_score_is_the_worlds_along_the_line_between_capti
     caption 1 as the world's exact guided score does, at the times where guidance moves them most. Measured at
     t 0.3 / 0.5 / 0.7: -0.65 / -0.80 / -0.43 against the exact -0.58 / -0.77 / -0.49 (eps units), within 12%; a
     teacher of s0 0.1 taught with a tenth of its samples unconditional was 51% off at t 0.3. Checked by hand at t 0.3
-    on the DSM-taught teacher before this one,
-    each mistake fails: CFG written s_c + w (s_c - s_u) -0.94, the conditional and unconditional swapped +0.95,
-    SDXL's unconditional read at the empty prompt instead of the zeros its pipeline (and so the teacher) uses +0.09,
-    the eps-to-score sign flipped +0.63."""
+    each mistake fails: CFG written s_c + w (s_c - s_u) -0.99, the conditional and unconditional swapped +1.03, the
+    eps-to-score sign flipped +0.65; on the DSM-taught teacher before this one, also SDXL's unconditional read at the
+    empty prompt instead of the zeros its pipeline (and so the teacher) uses: +0.09."""
     scale = 3.0
     trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear", "threads=1",
                                     f"method.alpha_cfg={scale}"]), None, progress=False)
