@@ -154,8 +154,7 @@ def test_sdxls_teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_
 def test_sdxls_one_step_start_is_the_worlds_posterior_mean_at_t_init():
     """The one-step generator, (z - sigma eps(z; t_init)) / alpha, read on x_t drawn from the world diffused to t_init,
     is the posterior mean E[x0 | x_t] up to the teacher's own error: its mean squared distance to the exact one is a
-    small fraction of the posterior's variance (measured 0.02; 0.05 on the DSM-taught teacher, where alpha and sigma
-    swapped at t_init gave 0.44)."""
+    small fraction of the posterior's variance (measured 0.02). With alpha and sigma swapped at t_init it is 0.41."""
     trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear", "threads=1"]),
                       None, progress=False)
     backend, generator = trainer.backend, trainer.unwrapped(trainer.generator)
@@ -179,8 +178,8 @@ def test_sdxls_guided_reference_score_is_the_worlds_along_the_line_between_capti
     t 0.3 / 0.5 / 0.7: -0.65 / -0.80 / -0.43 against the exact -0.58 / -0.77 / -0.49 (eps units), within 12%; a
     teacher of s0 0.1 taught with a tenth of its samples unconditional was 51% off at t 0.3. Checked by hand at t 0.3
     each mistake fails: CFG written s_c + w (s_c - s_u) -0.99, the conditional and unconditional swapped +1.03, the
-    eps-to-score sign flipped +0.65; on the DSM-taught teacher before this one, also SDXL's unconditional read at the
-    empty prompt instead of the zeros its pipeline (and so the teacher) uses: +0.09."""
+    eps-to-score sign flipped +0.65, SDXL's unconditional read at the empty prompt instead of the zeros its pipeline
+    (and so the teacher) uses +0.11."""
     scale = 3.0
     trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear", "threads=1",
                                     f"method.alpha_cfg={scale}"]), None, progress=False)
