@@ -107,12 +107,13 @@ def family_row(family: str, steps: int) -> str:
         di_start, di_end, di_floor, _ = train_on(folder, family, "di_pp", 0.0, steps, f"train.lr_gen={rate}")
         kl_start, kl_end, kl_floor, optimum = train_on(folder, family, "kl_rlhf", 20.0, steps)
     gap = optimum["reward"] - kl_start["reward"]
+    where = "past p*" if (kl_end["reward"] - optimum["reward"]) * gap > 0 else "left"
     return (f"| {family} | {taught_in:.0f} s | {error:.4f} | {sampler['fd']:.3f} / {sampler['fd_exact_eps']:.3f} / "
             f"{sampler['fd_exact_samples']:.3f} ({sampler['fd'] / sampler['fd_exact_samples']:.1f}x floor) | "
             f"{sampler['coverage']:.2f} | {change(di_start['fd_ref'], di_end['fd_ref'], di_floor['fd_ref'])} "
             f"(lr_gen {rate:g}) | "
             f"{kl_start['reward']:.3f} -> {kl_end['reward']:.3f}, p* {optimum['reward']:.3f} "
-            f"({abs(optimum['reward'] - kl_end['reward']) / abs(gap):.0%} of the gap left) | "
+            f"({abs(optimum['reward'] - kl_end['reward']) / abs(gap):.0%} of the gap {where}) | "
             f"{change(kl_start['fd_star'], kl_end['fd_star'], kl_floor['fd_star'])} |")
 
 
