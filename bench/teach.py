@@ -2,10 +2,10 @@
 
 A teacher of a family's own classes (its denoiser, text encoder, tokenizer, VAE and scheduler configuration, tiny)
 is trained on a Gaussian mixture over its latents (the analytic world's pictures as latents, one mixture per
-caption) by regression onto the mixture's exact eps, through the backend's own calls (its timestep indexing into
-alphas_cumprod, its prompt encoding), and on the unconditional condition the family's pipeline builds for guidance
-(the empty prompt, or SDXL's zeros) for the captions it drops. The folder it writes is a standard
-pipeline that `bench run backend=FAMILY backend.model=DIR` uses like any other, plus the world it was taught
+caption) by regression onto the mixture's exact eps (a flow model's: velocity), through the backend's own calls
+(its timestep indexing into alphas_cumprod, its prompt encoding), and on the unconditional condition the family's
+pipeline builds for guidance (the empty prompt, or SDXL's zeros) for the captions it drops. The folder it writes is
+a standard pipeline that `bench run backend=FAMILY backend.model=DIR` uses like any other, plus the world it was taught
 (world.safetensors: runs on it are scored exactly) and the teacher's own error (teacher.json: no student can beat
 its teacher).
 """
@@ -288,7 +288,7 @@ def draw_condition(captions: Tensor, dropped: Tensor, table, unconditional):
 
 
 def fit(backend, world, cfg: TeachConfig, progress: bool) -> float:
-    """Regression onto the exact eps, times uniform over the family's timesteps, with an EMA.
+    """Regression onto the exact eps (a flow model's: velocity), times uniform over the family's timesteps, with an EMA.
 
     The world's eps is known at every x_t, so the target is the exact E[eps | x_t] rather than denoising score
     matching's noise that made x_t (the same minimiser, none of its variance, which at PixArt's last timesteps hides
@@ -313,10 +313,11 @@ def fit(backend, world, cfg: TeachConfig, progress: bool) -> float:
         off = torch.rand(cfg.batch_size, 1, 1, 1, generator=rng) < cfg.off_path
         extra = cfg.spread * torch.rand(cfg.batch_size, 1, 1, 1, generator=rng) * torch.randn(x0.shape, generator=rng)
         alpha, sigma, x_t = noised(backend.schedule, x0, t, torch.where(off, eps + extra, eps))
-        target = torch.where(dropped.reshape(-1, 1, 1, 1), exact_eps(world, x_t, alpha, sigma, None),
-                             exact_eps(world, x_t, alpha, sigma, captions))
+        target = torch.where(dropped.reshape(-1, 1, 1, 1), exact_output(backend, world, x_t, alpha, sigma, None),
+                             exact_output(backend, world, x_t, alpha, sigma, captions))
         cond = draw_condition(captions, dropped, table, unconditional)
-        loss = (backend.reference(x_t, t, alpha, sigma, cond).float() - target).pow(2).mean()
+        output = backend.call_denoiser(net, x_t, backend.schedule.timestep(t), cond).float()
+        loss = (output - target).pow(2).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -328,6 +329,17 @@ def fit(backend, world, cfg: TeachConfig, progress: bool) -> float:
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
     EMA.copy_to(net, average.params)
     return sum(recent) / len(recent)
+
+
+@torch.no_grad()
+def exact_output(backend, world, x_t: Tensor, alpha: Tensor, sigma: Tensor, captions: Tensor | None) -> Tensor:
+    """What the family's network predicts, exactly: E[eps | x_t], or a flow model's velocity E[eps - x0 | x_t].
+    Regressed on eps, a flow model's velocity error counts alpha^2 times: nothing near pure noise, where SD3's
+    one-step generator reads it (taught on eps, SD3's x0 there was off by half the prior's variance)."""
+    eps = exact_eps(world, x_t, alpha, sigma, captions)
+    if not backend.flow:
+        return eps
+    return eps - world.posterior_mean(x_t.flatten(1), alpha, sigma, captions).reshape(x_t.shape)
 
 
 @torch.no_grad()

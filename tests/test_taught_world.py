@@ -80,6 +80,30 @@ def test_the_exact_eps_is_minus_sigma_times_the_score_of_the_diffused_mixture():
     assert torch.allclose(exact_eps(world, x_t, alpha, sigma, torch.tensor([0])), closed, atol=1e-6)
 
 
+def test_a_flow_teachers_target_is_the_exact_velocity_also_at_pure_noise():
+    """exact_output for a flow model is E[eps - x0 | x_t]: with the posterior mean it satisfies x_t = alpha E[x0 | x_t]
+    + sigma E[eps | x_t] (which a sign or a missing alpha in the posterior's gain breaks), the posterior mean is
+    Tweedie's where alpha > 0, and at alpha 0 (pure noise) it is the caption's mean, where Tweedie divides by 0."""
+    from types import SimpleNamespace
+
+    from bench.analytic.mixture import GaussianMixture
+    from bench.teach import exact_output
+
+    rng = torch.Generator().manual_seed(0)
+    world = GaussianMixture(torch.randn(2, 3, 5, generator=rng), torch.log_softmax(torch.randn(2, 3, generator=rng), 1),
+                            0.2)
+    captions = torch.tensor([0, 1, 1, 0])
+    x_t = torch.randn(4, 5, generator=rng)
+    alpha, sigma = torch.tensor([0.9, 0.5, 0.1, 0.0]), torch.tensor([0.1, 0.5, 0.9, 1.0])
+    velocity = exact_output(SimpleNamespace(flow=True), world, x_t, alpha, sigma, captions)
+    eps = exact_eps(world, x_t, alpha, sigma, captions)
+    x0 = eps - velocity
+    assert torch.allclose(alpha[:, None] * x0 + sigma[:, None] * eps, x_t, atol=1e-5)
+    assert torch.allclose(x0[:3], world.denoise(x_t[:3], alpha[:3], sigma[:3], captions[:3]), atol=1e-5)
+    assert torch.allclose(x0[3], world.moments(0)[0], atol=1e-5)
+    assert torch.equal(exact_output(SimpleNamespace(flow=False), world, x_t, alpha, sigma, captions), eps)
+
+
 def test_a_run_on_a_taught_folder_is_scored_against_its_world_exactly(taught, results):
     folder = taught["sd15"]
     bench("run", "backend=sd15", f"backend.model={folder}", "method=kl_rlhf", "method.alpha_rew=5",
@@ -121,27 +145,30 @@ def test_a_taught_folder_refuses_what_does_not_fit_it(taught, capsys):
     assert "needs out=DIR" in capsys.readouterr().err
 
 
-# SDXL's teacher with the defaults of `bench teach`, committed (3.7 MB): teaching it costs two minutes of a core.
-# `python benchmarks/taught_world.py --reproduce` teaches it again and compares every byte.
-SDXL_TEACHER = Path(__file__).parent / "teachers" / "sdxl"
+# Each family's teacher with the defaults of `bench teach`, committed (1.6 to 4.9 MB): teaching one costs two to four
+# minutes of a core. `python benchmarks/taught_world.py --reproduce` teaches them again and compares every byte.
+TEACHERS = Path(__file__).parent / "teachers"
+SDXL_TEACHER = TEACHERS / "sdxl"
 
 
-def test_the_committed_teacher_is_taught_with_the_defaults_of_bench_teach():
-    """A change to a default of `bench teach` leaves the committed teacher stale: teach it again (see above)."""
-    settings = json.loads((SDXL_TEACHER / "teacher.json").read_text())["config"]
-    assert settings == recorded_settings(TeachConfig(family="sdxl")), \
-        "tests/teachers/sdxl is stale: python benchmarks/taught_world.py --reproduce --write"
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_committed_teachers_are_taught_with_the_defaults_of_bench_teach_and_sample_the_world(family):
+    """A change to a default of `bench teach` leaves a committed teacher stale: teach it again (see above). Each
+    teacher's own sampler covers every component with its FD within twice the finite-sample floor (measured: 0.9 to
+    1.1 times it)."""
+    report = json.loads((TEACHERS / family / "teacher.json").read_text())
+    assert report["config"] == recorded_settings(TeachConfig(family=family)), \
+        f"tests/teachers/{family} is stale: python benchmarks/taught_world.py --reproduce --write"
+    sampler = report["sampler"]
+    assert sampler["coverage"] == 1 and sampler["fd"] <= 2 * sampler["fd_exact_samples"], sampler
 
 
-def test_sdxls_teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_denoiser_start():
-    """Acceptance on a family that meets every criterion of benchmarks/taught_world.py: the teacher's own sampler
-    covers every component with its FD within twice the finite-sample floor, and DI++ with nothing to gain, from
+def test_sdxls_di_pp_halves_its_distance_from_the_denoiser_start():
+    """Acceptance on a family that meets every criterion of benchmarks/taught_world.py: DI++ with nothing to gain, from
     DMD2's start (the denoiser read at t_init), at least halves its FD to the mixture above the floor of as many
     exact samples in 300 steps through the real backend (measured: 1.02 times the floor; 2.61 -> 1.36 over a floor
     of 0.61, 63% down). With the eps-to-score sign flipped in the backend's ref_score, the same run on SD1.5's
     teacher (of s0 0.1) went from 1.9 to an FD of 1.6 million."""
-    sampler = json.loads((SDXL_TEACHER / "teacher.json").read_text())["sampler"]
-    assert sampler["coverage"] == 1 and sampler["fd"] <= 2 * sampler["fd_exact_samples"], sampler
     trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear", "method=di_pp",
                                     "method.alpha_rew=0", "train.batch_size=32", "threads=1"]), None, progress=False)
 
@@ -151,44 +178,55 @@ def test_sdxls_teacher_samples_the_world_and_di_pp_halves_its_distance_from_the_
     assert ema_metrics(trainer)["fd_ref"] - floor <= 0.5 * (start - floor), (floor, start)
 
 
-def test_sdxls_one_step_start_is_the_worlds_posterior_mean_at_t_init():
-    """The one-step generator, (z - sigma eps(z; t_init)) / alpha, read on x_t drawn from the world diffused to t_init,
-    is the posterior mean E[x0 | x_t] up to the teacher's own error: its mean squared distance to the exact one is a
-    small fraction of the posterior's variance (measured 0.02). With alpha and sigma swapped at t_init it is 0.41."""
-    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear", "threads=1"]),
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_one_step_start_is_the_worlds_posterior_mean_at_t_init(family):
+    """The one-step generator, (z - sigma eps(z; t_init)) / alpha (SD3: z - s v at s 1, pure noise), read on x_t drawn
+    from the world diffused to t_init, is the posterior mean E[x0 | x_t] up to the teacher's own error: its mean
+    squared distance to the exact one is a small fraction of the posterior's variance (measured: SD1.5 0.033, PixArt
+    0.049, SDXL 0.022, SD3 0.008; with alpha and sigma swapped at t_init SDXL's was 0.41 and SD3's not a number; SD3
+    taught on eps rather than its velocity was 0.52)."""
+    folder = TEACHERS / family
+    trainer = Trainer(build_config([f"backend={family}", f"backend.model={folder}", "reward=linear", "threads=1"]),
                       None, progress=False)
     backend, generator = trainer.backend, trainer.unwrapped(trainer.generator)
     world = backend.world.reference
     rng = torch.Generator().manual_seed(0)
     ids = torch.arange(len(backend.captions)).repeat_interleave(64)
     x0 = world.sample(ids, rng).reshape(len(ids), *backend.shape)
-    alpha_bar = backend.schedule.alphas_cumprod[generator.t_init].expand(len(ids))
-    alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    alpha, sigma = (torch.full((len(ids),), v) for v in backend.schedule.at_timestep(generator.t_init))
     x_t = alpha[0] * x0 + sigma[0] * torch.randn(x0.shape, generator=rng)
     with torch.no_grad():
         denoised = generator(x_t, backend.encode(ids))
-    exact = world.denoise(x_t, alpha, sigma, ids)
+    if alpha[0] == 0:  # SD3's pure noise: the posterior mean is the caption's mean (Tweedie would divide by 0)
+        exact = torch.stack([world.moments(int(caption))[0] for caption in ids]).reshape(x0.shape)
+    else:
+        exact = world.denoise(x_t, alpha, sigma, ids)
     assert (denoised - exact).pow(2).mean() <= 0.15 * (exact - x0).pow(2).mean()
 
 
-def test_sdxls_guided_reference_score_is_the_worlds_along_the_line_between_captions():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_guided_reference_score_is_the_worlds_along_the_line_between_captions(family):
     """The guided reference score the methods read (the regulariser's batch: the backend's conditional and
     unconditional calls, combined as s_u + w (s_c - s_u)) pulls caption 0's noisy samples along the line towards
     caption 1 as the world's exact guided score does, at the times where guidance moves them most. Measured at
-    t 0.3 / 0.5 / 0.7: -0.65 / -0.80 / -0.43 against the exact -0.58 / -0.77 / -0.49 (eps units), within 12%; a
-    teacher of s0 0.1 taught with a tenth of its samples unconditional was 51% off at t 0.3. Checked by hand at t 0.3
-    each mistake fails: CFG written s_c + w (s_c - s_u) -0.99, the conditional and unconditional swapped +1.03, the
-    eps-to-score sign flipped +0.65, SDXL's unconditional read at the empty prompt instead of the zeros its pipeline
-    (and so the teacher) uses +0.11."""
+    t 0.3 / 0.5 / 0.7 on 2048 samples (two seeds), off the exact pull by SD1.5 20-22 / 7-9 / 14-15%, PixArt 25-26 /
+    22 / 4%, SDXL 19-20 / 2-4 / 12%, SD3 37-38 / 4 / 1-2%: the teachers' own error. (At 512 samples SDXL's was 12% at
+    t 0.3 on one draw and 21% on another: too few for the bound of 20% this test had.) Each mistake is 79% off or
+    more at some time on every family (by hand, seed 0): CFG written s_c + w (s_c - s_u) 79 / 85 / 80 / 103% at
+    t 0.3; the conditional and unconditional swapped, or the eps-to-score sign flipped, 180-300% everywhere; SD3's
+    velocity read as eps = x_t - alpha v 246-340%; SDXL's unconditional from the empty prompt instead of the zeros
+    its pipeline (and so the teacher) uses 95-130%. Not caught: SD1.5's, PixArt's or SD3's unconditional from zeros
+    instead of their empty prompt (28 / 35 / 31% at t 0.3 on SD3's eps-taught teacher), which their tiny text
+    encoders hardly tell apart."""
     scale = 3.0
-    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear", "threads=1",
-                                    f"method.alpha_cfg={scale}"]), None, progress=False)
+    trainer = Trainer(build_config([f"backend={family}", f"backend.model={TEACHERS / family}", "reward=linear",
+                                    "threads=1", f"method.alpha_cfg={scale}"]), None, progress=False)
     backend = trainer.backend
     world = backend.world.reference
     line = world.means[1, 0] - world.means[0, 0]
     line = line / line.norm()
     rng = torch.Generator().manual_seed(0)
-    ids = torch.zeros(512, dtype=torch.long)
+    ids = torch.zeros(2048, dtype=torch.long)
     x0 = world.sample(ids, rng).reshape(len(ids), *backend.shape)
     cond = backend.encode(ids)
     for time in (0.3, 0.5, 0.7):
@@ -201,7 +239,7 @@ def test_sdxls_guided_reference_score_is_the_worlds_along_the_line_between_capti
                                       for c in (ids, None))
         exact = unconditional + scale * (conditional - unconditional)  # written out: not the code under test
         pull, exact_pull = (float((score @ line).mean() * sigma[0]) for score in (taught, exact))
-        assert abs(pull - exact_pull) <= 0.2 * abs(exact_pull), (time, pull, exact_pull)
+        assert abs(pull - exact_pull) <= 0.5 * abs(exact_pull), (time, pull, exact_pull)
 
 
 def test_sdxls_kl_rlhf_with_a_latent_linear_reward_moves_to_p_star():

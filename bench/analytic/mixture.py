@@ -64,6 +64,15 @@ class GaussianMixture:
         score = self.score(x, alpha, sigma, cond)
         return (x + broadcast(sigma, x) ** 2 * score) / broadcast(alpha, x)
 
+    def posterior_mean(self, x: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
+        """E[x0 | x_t] per sample from the components' posteriors, m + (alpha var / V)(x_t - alpha m), m their
+        responsibility-weighted mean: denoise()'s value without its division by alpha, so also at flow matching's
+        pure noise (alpha 0), where it is the caption's mean."""
+        flat, means, _, v, logits = self._responsibilities(x, alpha, sigma, cond)
+        mean = (logits.softmax(-1).unsqueeze(-1) * means).sum(1)
+        a = alpha.reshape(-1, 1)
+        return (mean + a * self.var / v * (flat - a * mean)).reshape(x.shape)
+
     def denoiser(self, cond: Tensor) -> Callable[[Tensor, float, float], Tensor]:
         """E[x0 | x_t] for captions `cond` at a time every sample shares (a sampler's step), as a function of
         (x_t, alpha, sigma): the same posterior mean as denoise(), with the captions' components found once.
