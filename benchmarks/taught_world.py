@@ -3,14 +3,16 @@
     python benchmarks/taught_world.py [--families sd15,pixart_alpha,sdxl,sd3] [--steps 300] [--jobs 2]
     python benchmarks/taught_world.py --guidance [--family sdxl] [--steps 800]
     python benchmarks/taught_world.py --overshoot [--family sd15] [--s0 0.1] [--jobs 2]
-    python benchmarks/taught_world.py --reproduce [--write]
+    python benchmarks/taught_world.py --reproduce [--families ...] [--write]
 
-For each family: `bench teach` with its defaults (the teacher's eps error against the exact eps, and its sampler's
-FD to the mixture beside the same solver on the exact eps and the finite-sample floor of exact samples); then on
-that teacher, through the real backend,
+For each family: `bench teach` with its defaults (the time, whether every byte is the committed teacher's in
+tests/teachers, the teacher's eps error against the exact eps, and its sampler's FD to the mixture beside the same
+solver on the exact eps and the finite-sample floor of exact samples); then on that teacher, through the real
+backend,
   - DI++ with alpha_rew 0 from the denoiser start (DMD2's): FD to the mixture at the start and the end (on
     PixArt at generator rate 0.01: DI_PP_RATE);
-  - KL-RLHF with the latent linear reward at alpha_rew 20: reward at the start, the end and p*'s, FD to p*.
+  - KL-RLHF with the latent linear reward at alpha_rew 20: reward at the start, the end and p*'s, FD to p*, and
+    at the end how much of the generator's move its teacher sees at KL-RLHF's time (shift_seen).
 Both FDs are read on 128 samples a caption, whose floor (the FD of as many exact samples, about 0.6) is printed
 beside them, and their falls are measured above it. The criteria (issue: a learned world): the sampler's FD within
 twice its floor; DI++ at least halves its FD; KL-RLHF's reward within 10% of the start-to-p* gap and its FD to p*
@@ -31,9 +33,10 @@ denoiser at t 0.02 (what KL-RLHF's reward term differentiates) against the same 
 posterior mean, and KL-RLHF at alpha_rew 20 under changes to the rates and the fake updates, its reward every 100
 steps beside p*'s. Nothing here is a test.
 
-With --reproduce: `bench teach family=sdxl` with its defaults, compared file by file with the teacher the tests use
-(tests/teachers/sdxl), every byte of every file (of a safetensors file: its metadata and its tensors' bytes, since
-the order of its metadata is its own); --write replaces that one with the new one (after a change to `bench teach`).
+With --reproduce: `bench teach family=F` with its defaults for each of --families, compared file by file with the
+teacher the tests use (tests/teachers/F), every byte of every file (of a safetensors file: its metadata and its
+tensors' bytes, since the order of its metadata is its own); --write replaces each that differs with the new one
+(after a change to `bench teach`).
 Teaching runs on one thread, so a CPU of the same kind with the same torch build reproduces it bit for bit.
 """
 
@@ -52,7 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from world_checks import ema_metrics, exact_floor, guided_mean_shift, shift_towards
 
-COMMITTED_TEACHER = Path(__file__).resolve().parent.parent / "tests" / "teachers" / "sdxl"
+COMMITTED_TEACHERS = Path(__file__).resolve().parent.parent / "tests" / "teachers"
 GUIDED_WORLD = dict(prompts=2, components=1, s0=1.0)
 GUIDED_T = 0.2
 
@@ -72,14 +75,13 @@ def trainer_on(folder: Path, family: str, *settings: str):
 DI_PP_RATE = {"pixart_alpha": 0.01}
 
 
-def train_on(folder: Path, family: str, method: str, alpha: float, steps: int,
-             *settings: str) -> tuple[dict, dict, dict, dict | None]:
-    """Metrics of the EMA generator before and after `steps` updates, the floor of its FDs, and p*'s."""
+def train_on(folder: Path, family: str, method: str, alpha: float, steps: int, *settings: str):
+    """Metrics of the EMA generator before and after `steps` updates, the floor of its FDs, p*'s, and the trainer."""
     trainer = trainer_on(folder, family, f"method={method}", f"method.alpha_rew={alpha}", *settings)
     start = ema_metrics(trainer)
     for _ in range(steps):
         trainer.step_once()
-    return start, ema_metrics(trainer), exact_floor(trainer), trainer.backend.describe_optimum(512, 0)
+    return start, ema_metrics(trainer), exact_floor(trainer), trainer.backend.describe_optimum(512, 0), trainer
 
 
 def change(start: float, end: float, floor: float) -> str:
@@ -100,20 +102,25 @@ def family_row(family: str, steps: int) -> str:
         began = time.perf_counter()
         folder = teach(TeachConfig(family=family, out=str(Path(root) / family)), progress=False)
         taught_in = time.perf_counter() - began
+        files, differ = differences(folder, COMMITTED_TEACHERS / family)
+        reproduced = f"{len(differ)} of {files} files differ from the committed" if differ else "= the committed one"
         report = json.loads((folder / "teacher.json").read_text())
         error = max(row["conditional"] for row in report["eps_error"].values())
         sampler = report["sampler"]
         rate = DI_PP_RATE.get(family, TrainConfig().lr_gen)
-        di_start, di_end, di_floor, _ = train_on(folder, family, "di_pp", 0.0, steps, f"train.lr_gen={rate}")
-        kl_start, kl_end, kl_floor, optimum = train_on(folder, family, "kl_rlhf", 20.0, steps)
+        di_start, di_end, di_floor, _, _ = train_on(folder, family, "di_pp", 0.0, steps, f"train.lr_gen={rate}")
+        kl_start, kl_end, kl_floor, optimum, trainer = train_on(folder, family, "kl_rlhf", 20.0, steps)
+        _, seen = shift_seen(trainer)
     gap = optimum["reward"] - kl_start["reward"]
     where = "past p*" if (kl_end["reward"] - optimum["reward"]) * gap > 0 else "left"
-    return (f"| {family} | {taught_in:.0f} s | {error:.4f} | {sampler['fd']:.3f} / {sampler['fd_exact_eps']:.3f} / "
+    return (f"| {family} | {taught_in:.0f} s ({reproduced}) | {error:.4f} | "
+            f"{sampler['fd']:.3f} / {sampler['fd_exact_eps']:.3f} / "
             f"{sampler['fd_exact_samples']:.3f} ({sampler['fd'] / sampler['fd_exact_samples']:.1f}x floor) | "
             f"{sampler['coverage']:.2f} | {change(di_start['fd_ref'], di_end['fd_ref'], di_floor['fd_ref'])} "
             f"(lr_gen {rate:g}) | "
             f"{kl_start['reward']:.3f} -> {kl_end['reward']:.3f}, p* {optimum['reward']:.3f} "
-            f"({abs(optimum['reward'] - kl_end['reward']) / abs(gap):.0%} of the gap {where}) | "
+            f"({abs(optimum['reward'] - kl_end['reward']) / abs(gap):.0%} of the gap {where}; "
+            f"t {trainer.method.t_min:g}, the teacher sees {seen:.0%} of the move) | "
             f"{change(kl_start['fd_star'], kl_end['fd_star'], kl_floor['fd_star'])} |")
 
 
@@ -295,21 +302,30 @@ def content(path: Path):
         return tensors.metadata(), {key: tensors.get_tensor(key).numpy().tobytes() for key in sorted(tensors.keys())}
 
 
-def reproduce(write: bool) -> None:
+def differences(fresh: Path, committed: Path) -> tuple[int, list[str]]:
+    """How many files the two folders hold between them, and those whose contents differ."""
+    files = {path.relative_to(folder) for folder in (fresh, committed) for path in folder.rglob("*") if path.is_file()}
+    return len(files), [str(name) for name in sorted(files) if content(fresh / name) != content(committed / name)]
+
+
+def reproduce(family: str, write: bool) -> str:
     from bench.teach import TeachConfig, teach
 
+    torch.set_num_threads(1)
+    committed = COMMITTED_TEACHERS / family
     with tempfile.TemporaryDirectory() as root:
         began = time.perf_counter()
-        fresh = teach(TeachConfig(family="sdxl", out=str(Path(root) / "sdxl")))
-        print(f"taught in {time.perf_counter() - began:.0f} s")
-        files = {path.relative_to(folder) for folder in (fresh, COMMITTED_TEACHER)
-                 for path in folder.rglob("*") if path.is_file()}
-        differ = [str(name) for name in sorted(files) if content(fresh / name) != content(COMMITTED_TEACHER / name)]
-        print(f"{len(files) - len(differ)} of {len(files)} files identical" + (f"; differ: {differ}" if differ else ""))
+        fresh = teach(TeachConfig(family=family, out=str(Path(root) / family)), progress=False)
+        line = f"{family}: taught in {time.perf_counter() - began:.0f} s; "
+        files, differ = differences(fresh, committed)
+        line += f"{files - len(differ)} of {files} files identical"
+        if differ:
+            line += f"; differ: {differ}"
         if write and differ:
-            shutil.rmtree(COMMITTED_TEACHER)
-            shutil.copytree(fresh, COMMITTED_TEACHER)
-            print(f"wrote {COMMITTED_TEACHER}")
+            shutil.rmtree(committed, ignore_errors=True)
+            shutil.copytree(fresh, committed)
+            line += f"; wrote {committed}"
+    return line
 
 
 def main() -> None:
@@ -322,11 +338,15 @@ def main() -> None:
     parser.add_argument("--overshoot", action="store_true", help="KL-RLHF's reward overshoot instead (see above)")
     parser.add_argument("--family", default=None, help="the family of --guidance (sdxl) or --overshoot (sd15)")
     parser.add_argument("--s0", type=float, default=0.1, help="the world's s0 of --overshoot")
-    parser.add_argument("--reproduce", action="store_true", help="teach the tests' SDXL teacher again (see above)")
-    parser.add_argument("--write", action="store_true", help="with --reproduce: replace the tests' teacher")
+    parser.add_argument("--reproduce", action="store_true", help="teach the tests' teachers again (see above)")
+    parser.add_argument("--write", action="store_true", help="with --reproduce: replace those that differ")
     args = parser.parse_args()
     if args.reproduce:
-        return reproduce(args.write)
+        families = args.families.split(",")
+        with ProcessPoolExecutor(args.jobs) as pool:
+            for line in pool.map(reproduce, families, [args.write] * len(families)):
+                print(line, flush=True)
+        return None
     if args.guidance:
         return guidance(args.family or "sdxl", args.steps or 800, args.jobs)
     if args.overshoot:

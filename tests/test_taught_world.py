@@ -213,11 +213,11 @@ def test_the_guided_reference_score_is_the_worlds_along_the_line_between_caption
     22 / 4%, SDXL 19-20 / 2-4 / 12%, SD3 37-38 / 4 / 1-2%: the teachers' own error. (At 512 samples SDXL's was 12% at
     t 0.3 on one draw and 21% on another: too few for the bound of 20% this test had.) Each mistake is 79% off or
     more at some time on every family (by hand, seed 0): CFG written s_c + w (s_c - s_u) 79 / 85 / 80 / 103% at
-    t 0.3; the conditional and unconditional swapped, or the eps-to-score sign flipped, 180-300% everywhere; SD3's
+    t 0.3; the conditional and unconditional swapped, or the eps-to-score sign flipped, 178-297% everywhere; SD3's
     velocity read as eps = x_t - alpha v 246-340%; SDXL's unconditional from the empty prompt instead of the zeros
-    its pipeline (and so the teacher) uses 95-130%. Not caught: SD1.5's, PixArt's or SD3's unconditional from zeros
-    instead of their empty prompt (28 / 35 / 31% at t 0.3 on SD3's eps-taught teacher), which their tiny text
-    encoders hardly tell apart."""
+    its pipeline (and so the teacher) uses 95-130%; SD3's from zeros instead of its empty prompt 85% at t 0.3. Not
+    caught: SD1.5's or PixArt's unconditional from zeros instead of their empty prompt (28 / 35% at t 0.3), which
+    their tiny text encoders hardly tell apart."""
     scale = 3.0
     trainer = Trainer(build_config([f"backend={family}", f"backend.model={TEACHERS / family}", "reward=linear",
                                     "threads=1", f"method.alpha_cfg={scale}"]), None, progress=False)
