@@ -501,7 +501,7 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
-TEACH_USAGE = """usage: bench teach family=sd15|pixart_alpha|sdxl out=DIR [key=value ...]
+TEACH_USAGE = """usage: bench teach family={families} out=DIR [key=value ...]
 
 Train a tiny teacher in the family's own classes (denoiser, text encoder, scheduler configuration) on exact
 samples of a Gaussian mixture over its latents, one mixture per caption, and write a pipeline folder that
@@ -519,12 +519,12 @@ def cmd_teach(args: list[str]) -> int:
     from typing import get_type_hints
 
     from bench.config import parse_value
-    from bench.teach import TeachConfig, teach
+    from bench.teach import FAMILIES, TeachConfig, teach
 
     fields = {f.name: f for f in dataclasses.fields(TeachConfig)}
     if wants_help(args) or not args:
         keys = "\n".join(f"  {f'{name}={f.default}':<18} {f.metadata['help']}" for name, f in fields.items())
-        print(TEACH_USAGE.format(keys=keys))
+        print(TEACH_USAGE.format(families="|".join(FAMILIES), keys=keys))
         return 0
     kinds, cfg = get_type_hints(TeachConfig), TeachConfig()
     for arg in args:

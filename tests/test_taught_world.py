@@ -134,6 +134,11 @@ def test_latent_rewards_score_latents_and_the_optimum_is_the_tilted_world(taught
     assert torch.allclose(moved, 5 * mixture.var * w.expand_as(moved), atol=1e-5)
 
 
+def test_bench_teach_help_names_every_family(capsys):
+    assert main(["teach", "--help"]) == 0
+    assert capsys.readouterr().out.startswith(f"usage: bench teach family={'|'.join(FAMILIES)} out=DIR")
+
+
 def test_a_taught_folder_refuses_what_does_not_fit_it(taught, capsys):
     folder = taught["sd15"]
     common = ["run", "backend=sd15", f"backend.model={folder}", "train.steps=1"]
