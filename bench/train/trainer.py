@@ -214,6 +214,8 @@ class Trainer:
         else:
             self.generator, self.fake, self.opt_gen, self.opt_fake = accelerator.prepare(generator, fake, opt_gen,
                                                                                          opt_fake)
+        # Unwrapped once: accelerate's unwrap_model asks importlib whether DeepSpeed is installed on every call.
+        self.bare = {module: accelerator.unwrap_model(module) for module in (self.generator, self.fake)}
         self.counters = Progress()
 
     def start_run(self) -> Run:
@@ -245,7 +247,8 @@ class Trainer:
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
 
     def unwrapped(self, module):
-        return self.accelerator.unwrap_model(module)
+        """The network itself, outside any data-parallel wrapper: the generator or the fake."""
+        return self.bare[module]
 
     # -- batches ------------------------------------------------------------------------------------------
 
@@ -325,6 +328,9 @@ class Trainer:
 
     def apply(self, loss, module, optimiser):
         """Backpropagate into `module` only (the other networks stay frozen), average over ranks, clip, step."""
+        # accelerate's optimiser wrapper asks importlib for LOMO on every step and inspects zero_grad's signature
+        # (a tenth of an analytic step); with no gradient scaler or accumulation here it only forwards the calls.
+        optimiser = getattr(optimiser, "optimizer", optimiser)
         optimiser.zero_grad(set_to_none=True)
         params = [p for _, p in trainable(module)]
         if self.sharded:
