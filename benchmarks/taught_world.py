@@ -1,6 +1,7 @@
 """The learned world's acceptance figures, family by family: the teacher's own error, then what methods make of it.
 
     python benchmarks/taught_world.py [--families sd15,pixart_alpha,sdxl,sd3] [--steps 300] [--jobs 2]
+    python benchmarks/taught_world.py --committed --batch 16 --families sd15,pixart_alpha,sdxl   # the tests' runs
     python benchmarks/taught_world.py --guidance [--family sdxl] [--steps 800]
     python benchmarks/taught_world.py --overshoot [--family sd15] [--s0 0.1] [--jobs 2]
     python benchmarks/taught_world.py --reproduce [--families ...] [--write]
@@ -13,6 +14,8 @@ backend,
     PixArt at generator rate 0.01: DI_PP_RATE);
   - KL-RLHF with the latent linear reward at alpha_rew 20: reward at the start, the end and p*'s, FD to p*, and
     at the end how much of the generator's move its teacher sees at KL-RLHF's time (shift_seen).
+With --committed the rows train on the committed teachers instead of teaching (the tests' teachers; with --batch 16
+these are the tests' runs).
 Both FDs are read on 128 samples a caption, whose floor (the FD of as many exact samples, about 0.6) is printed
 beside them, and their falls are measured above it. The criteria (issue: a learned world): the sampler's FD within
 twice its floor; DI++ at least halves its FD; KL-RLHF's reward within 10% of the start-to-p* gap and its FD to p*
@@ -60,13 +63,13 @@ GUIDED_WORLD = dict(prompts=2, components=1, s0=1.0)
 GUIDED_T = 0.2
 
 
-def trainer_on(folder: Path, family: str, *settings: str):
-    """A trainer through the family's real backend on a taught folder: latent linear reward, batch 32, one thread."""
+def trainer_on(folder: Path, family: str, *settings: str, batch: int = 32):
+    """A trainer through the family's real backend on a taught folder: latent linear reward, one thread."""
     from bench.config import build_config
     from bench.train.trainer import Trainer
 
-    return Trainer(build_config([f"backend={family}", f"backend.model={folder}", "reward=linear", "train.batch_size=32",
-                                 "threads=1", *settings]), None, progress=False)
+    return Trainer(build_config([f"backend={family}", f"backend.model={folder}", "reward=linear",
+                                 f"train.batch_size={batch}", "threads=1", *settings]), None, progress=False)
 
 
 # DI++ on PixArt's DiT at the default generator rate (0.03) oscillates: its FD fell 3.48 -> 1.66 by step 100, then
@@ -75,9 +78,9 @@ def trainer_on(folder: Path, family: str, *settings: str):
 DI_PP_RATE = {"pixart_alpha": 0.01}
 
 
-def train_on(folder: Path, family: str, method: str, alpha: float, steps: int, *settings: str):
+def train_on(folder: Path, family: str, method: str, alpha: float, steps: int, *settings: str, batch: int = 32):
     """Metrics of the EMA generator before and after `steps` updates, the floor of its FDs, p*'s, and the trainer."""
-    trainer = trainer_on(folder, family, f"method={method}", f"method.alpha_rew={alpha}", *settings)
+    trainer = trainer_on(folder, family, f"method={method}", f"method.alpha_rew={alpha}", *settings, batch=batch)
     start = ema_metrics(trainer)
     for _ in range(steps):
         trainer.step_once()
@@ -91,7 +94,8 @@ def change(start: float, end: float, floor: float) -> str:
     return f"{start:.2f} -> {end:.2f}, floor {floor:.2f}: {where}"
 
 
-def family_row(family: str, steps: int) -> str:
+def family_row(family: str, steps: int, batch: int, committed: bool) -> str:
+    """The table's row of one family: taught afresh (and compared with the committed teacher), or the committed one."""
     import json
 
     from bench.config import TrainConfig
@@ -99,21 +103,26 @@ def family_row(family: str, steps: int) -> str:
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
-        began = time.perf_counter()
-        folder = teach(TeachConfig(family=family, out=str(Path(root) / family)), progress=False)
-        taught_in = time.perf_counter() - began
-        files, differ = differences(folder, COMMITTED_TEACHERS / family)
-        reproduced = f"{len(differ)} of {files} files differ from the committed" if differ else "= the committed one"
+        if committed:
+            folder, taught = COMMITTED_TEACHERS / family, "committed"
+        else:
+            began = time.perf_counter()
+            folder = teach(TeachConfig(family=family, out=str(Path(root) / family)), progress=False)
+            taught_in = time.perf_counter() - began
+            files, differ = differences(folder, COMMITTED_TEACHERS / family)
+            taught = f"{taught_in:.0f} s (" + (f"{len(differ)} of {files} files differ from the committed"
+                                               if differ else "= the committed one") + ")"
         report = json.loads((folder / "teacher.json").read_text())
         error = max(row["conditional"] for row in report["eps_error"].values())
         sampler = report["sampler"]
         rate = DI_PP_RATE.get(family, TrainConfig().lr_gen)
-        di_start, di_end, di_floor, _, _ = train_on(folder, family, "di_pp", 0.0, steps, f"train.lr_gen={rate}")
-        kl_start, kl_end, kl_floor, optimum, trainer = train_on(folder, family, "kl_rlhf", 20.0, steps)
+        di_start, di_end, di_floor, _, _ = train_on(folder, family, "di_pp", 0.0, steps, f"train.lr_gen={rate}",
+                                                    batch=batch)
+        kl_start, kl_end, kl_floor, optimum, trainer = train_on(folder, family, "kl_rlhf", 20.0, steps, batch=batch)
         _, seen = shift_seen(trainer)
     gap = optimum["reward"] - kl_start["reward"]
     where = "past p*" if (kl_end["reward"] - optimum["reward"]) * gap > 0 else "left"
-    return (f"| {family} | {taught_in:.0f} s ({reproduced}) | {error:.4f} | "
+    return (f"| {family} | {taught} | {error:.4f} | "
             f"{sampler['fd']:.3f} / {sampler['fd_exact_eps']:.3f} / "
             f"{sampler['fd_exact_samples']:.3f} ({sampler['fd'] / sampler['fd_exact_samples']:.1f}x floor) | "
             f"{sampler['coverage']:.2f} | {change(di_start['fd_ref'], di_end['fd_ref'], di_floor['fd_ref'])} "
@@ -334,6 +343,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps of each method on a teacher (300; with --guidance 800)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32, help="the methods' batch on each teacher (the tests': 16)")
+    parser.add_argument("--committed", action="store_true",
+                        help="train on the committed teachers (tests/teachers) instead of teaching each family")
     parser.add_argument("--guidance", action="store_true", help="the guidance criterion instead (see above)")
     parser.add_argument("--overshoot", action="store_true", help="KL-RLHF's reward overshoot instead (see above)")
     parser.add_argument("--family", default=None, help="the family of --guidance (sdxl) or --overshoot (sd15)")
@@ -357,7 +369,8 @@ def main() -> None:
           "KL-RLHF: FD to p* |")
     print("|---|---|---|---|---|---|---|---|")
     with ProcessPoolExecutor(args.jobs) as pool:
-        for row in pool.map(family_row, families, [args.steps] * len(families)):
+        for row in pool.map(family_row, families, [args.steps] * len(families), [args.batch] * len(families),
+                            [args.committed] * len(families)):
             print(row, flush=True)
 
 

@@ -2,7 +2,8 @@
 
 Most teachers here are taught briefly (an eighth of the default's updates): those tests check what the folder holds,
 that the real backend trains on it and is scored against the world exactly, and that the teacher learnt the exact
-eps through the family's own calls. SDXL's teacher, taught in full, is committed for the acceptance tests.
+eps through the family's own calls. Every family's teacher, taught in full with `bench teach`'s defaults, is committed
+in tests/teachers for the acceptance tests.
 """
 
 import json
@@ -153,7 +154,6 @@ def test_a_taught_folder_refuses_what_does_not_fit_it(taught, capsys):
 # Each family's teacher with the defaults of `bench teach`, committed (1.6 to 4.9 MB): teaching one costs two to four
 # minutes of a core. `python benchmarks/taught_world.py --reproduce` teaches them again and compares every byte.
 TEACHERS = Path(__file__).parent / "teachers"
-SDXL_TEACHER = TEACHERS / "sdxl"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -166,21 +166,6 @@ def test_the_committed_teachers_are_taught_with_the_defaults_of_bench_teach_and_
         f"tests/teachers/{family} is stale: python benchmarks/taught_world.py --reproduce --write"
     sampler = report["sampler"]
     assert sampler["coverage"] == 1 and sampler["fd"] <= 2 * sampler["fd_exact_samples"], sampler
-
-
-def test_sdxls_di_pp_halves_its_distance_from_the_denoiser_start():
-    """Acceptance on a family that meets every criterion of benchmarks/taught_world.py: DI++ with nothing to gain, from
-    DMD2's start (the denoiser read at t_init), at least halves its FD to the mixture above the floor of as many
-    exact samples in 300 steps through the real backend (measured: 1.02 times the floor; 2.61 -> 1.36 over a floor
-    of 0.61, 63% down). With the eps-to-score sign flipped in the backend's ref_score, the same run on SD1.5's
-    teacher (of s0 0.1) went from 1.9 to an FD of 1.6 million."""
-    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear", "method=di_pp",
-                                    "method.alpha_rew=0", "train.batch_size=32", "threads=1"]), None, progress=False)
-
-    floor, start = exact_floor(trainer)["fd_ref"], ema_metrics(trainer)["fd_ref"]
-    for _ in range(300):
-        trainer.step_once()
-    assert ema_metrics(trainer)["fd_ref"] - floor <= 0.5 * (start - floor), (floor, start)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -244,16 +229,41 @@ def test_the_guided_reference_score_is_the_worlds_along_the_line_between_caption
         assert abs(pull - exact_pull) <= 0.5 * abs(exact_pull), (time, pull, exact_pull)
 
 
-def test_sdxls_kl_rlhf_with_a_latent_linear_reward_moves_to_p_star():
+# The methods' criteria on the VP families' committed teachers, 300 steps at batch 16 (the benchmark's table is at
+# batch 32; these halve the time and meet every criterion as it does). SD3's KL-RLHF does not yet (README, issue 20).
+# DI++ on PixArt's DiT at the default generator rate oscillates (README): its DI++ runs at a third of it.
+MOVING = ["sd15", "pixart_alpha", "sdxl"]
+DI_PP_RATE = {"pixart_alpha": ["train.lr_gen=0.01"]}
+
+
+def trainer_on_teacher(family: str, *settings: str) -> Trainer:
+    return Trainer(build_config([f"backend={family}", f"backend.model={TEACHERS / family}", "reward=linear",
+                                 "train.batch_size=16", "threads=1", *settings]), None, progress=False)
+
+
+@pytest.mark.parametrize("family", MOVING)
+def test_di_pp_with_nothing_to_gain_halves_its_distance_from_the_denoiser_start(family):
+    """DI++ with alpha_rew 0, from DMD2's start (the denoiser read at t_init), at least halves its FD to the mixture
+    above the floor of as many exact samples, through the real backend (measured: SD1.5 2.63 -> 1.29, PixArt 3.48 ->
+    1.59, SDXL 2.61 -> 1.29, each over a floor of 0.60: 66% down). With the eps-to-score sign flipped in the
+    backend's ref_score, the same run on SD1.5's teacher of a world of s0 0.1 went from 1.9 to an FD of 1.6 million."""
+    trainer = trainer_on_teacher(family, "method=di_pp", "method.alpha_rew=0", *DI_PP_RATE.get(family, []))
+    floor, start = exact_floor(trainer)["fd_ref"], ema_metrics(trainer)["fd_ref"]
+    for _ in range(300):
+        trainer.step_once()
+    assert ema_metrics(trainer)["fd_ref"] - floor <= 0.5 * (start - floor), (floor, start)
+
+
+@pytest.mark.parametrize("family", MOVING)
+def test_kl_rlhf_with_a_latent_linear_reward_moves_to_p_star(family):
     """The KL-RLHF criterion through the real backend: from the denoiser start, 300 steps at alpha_rew 20 bring the
     reward within a tenth of the start-to-p* gap of p*'s (closed form: the world tilted by the latent linear reward),
-    and the FD to p* down by at least 60% above the floor of as many exact samples of p* (measured: 0.027 -> 1.351
-    against p*'s 1.379, 2% of the gap left; FD 4.40 -> 1.05 over a floor of 0.61, 89% down; at 200 steps the reward
-    was 9% of the gap from p*'s, too near the bound to hold). On a world of s0 0.1 the tiny teacher's blur at t 0.02
-    tilted it past p* (README)."""
-    trainer = Trainer(build_config(["backend=sdxl", f"backend.model={SDXL_TEACHER}", "reward=linear",
-                                    "method=kl_rlhf", "method.alpha_rew=20", "train.batch_size=32", "threads=1"]),
-                      None, progress=False)
+    and the FD to p* down by at least 60% above the floor of as many exact samples of p*. Measured, reward against
+    p*'s 1.379 and FD over a floor of 0.61: SD1.5 0.047 -> 1.340 (3% of the gap short), FD 4.37 -> 1.09 (87% down);
+    PixArt 0.115 -> 1.469 (7% past), 5.04 -> 1.48 (80%); SDXL 0.027 -> 1.348 (2% short), 4.40 -> 1.05 (89%). At 200
+    steps SD1.5's and SDXL's reward was 10% of the gap short, at the bound. On a world of s0 0.1 the tiny teachers'
+    blur at t 0.02 tilted them past p* (README)."""
+    trainer = trainer_on_teacher(family, "method=kl_rlhf", "method.alpha_rew=20")
     start, optimum = ema_metrics(trainer), trainer.backend.describe_optimum(512, 0)
     floor = exact_floor(trainer)["fd_star"]
     for _ in range(300):
