@@ -1,8 +1,10 @@
 """Experiment trackers: what a tracker shows is what the run's metrics.jsonl holds, read back from the tracker's
 own files."""
 
+import contextlib
 import json
 import signal
+import sqlite3
 import struct
 
 import pytest
@@ -221,16 +223,21 @@ def test_a_resumed_run_continues_the_same_tracker_runs(results, monkeypatch):
                          proc=proc)
     wait_until(lambda: any(r.get("step", 0) >= 130 for r in read_jsonl(run_dir / "metrics.jsonl")), proc=proc)
     # trackio writes its queue from a thread every half second, so a kill within that window loses those records
-    # (README, Trackers; one CI run in three killed it before the step-100 evaluation was written): wait for it.
+    # (one CI run in three killed it before the step-100 evaluation was written). Wait for them, then take them out
+    # of its database: the resumed run must send them again.
     wait_until(lambda: trackio_holds(results, run_dir.name, 100, monkeypatch), proc=proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    with contextlib.closing(sqlite3.connect(results / "trackio" / "bench.db")) as db, db:
+        assert db.execute("DELETE FROM metrics WHERE run_name = ? AND step = 100", (run_dir.name,)).rowcount >= 2
+    assert not trackio_holds(results, run_dir.name, 100, monkeypatch)
     bench("run", "resume=latest", results=results, check=True)
     evals = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "eval"]
     assert evals == [0, 100, 200, 300]
     for tracker in ("tensorboard", "mlflow", "wandb", "trackio"):  # mlflow_run: exactly one run of that name
         scalars, images, _ = read_back(tracker, results, run_dir, monkeypatch)
         assert sorted(scalars["eval/reward"]) == evals and sorted(set(images)) == evals, tracker
+    assert sorted(read_back("trackio", results, run_dir, monkeypatch)[1]) == evals  # each grid once
     _, run = mlflow_run(results, run_dir.name)
     assert (run_dir / "trackers" / "mlflow_run_id").read_text() == run.info.run_id and run.info.status == "FINISHED"
     assert len(list((run_dir / "trackers" / "wandb").glob("offline-run-*"))) == 2  # a start each, one id (read_back)

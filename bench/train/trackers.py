@@ -85,6 +85,9 @@ class Trackers:
         # W&B's offline files of a killed process can be empty (its service buffers them), so a resumed W&B run
         # starts again from the store's records up to the checkpoint, in a second offline copy of the same run id.
         resumed_wandb = (self.folder / SENT["wandb"]).exists()
+        # trackio writes its queue from a thread every half second, so a killed process loses its last records;
+        # a resumed run sends what the store has and trackio's database lacks.
+        resumed_trackio = (self.folder / SENT["trackio"]).exists()
         self.active = [self._open(name, run) for name in names.split(",")]
         for tracker in self.active:
             tracker.start()
@@ -97,14 +100,19 @@ class Trackers:
                                               for key, value in params.items()})
         if resumed_wandb:
             self.replay(run, [tracker for tracker in self.active if tracker.name == "wandb"])
+        if resumed_trackio:
+            self.replay(run, [tracker for tracker in self.active if tracker.name == "trackio"], trackio_held(run.id))
 
-    def replay(self, run, trackers: list | None = None) -> None:
-        """The store's records of the run and its sample grids, sent as a live mirror would have sent them."""
+    def replay(self, run, trackers: list | None = None, held: frozenset = frozenset()) -> None:
+        """The store's records of the run and its sample grids, sent as a live mirror would have sent them, less
+        those `held` already ((step, kind) pairs; a grid's kind is "samples")."""
         grids = {int(path.stem.split("_")[1]): path for path in (run.dir / "samples").glob("step_*.png")}
         for record in run.records():
-            self.log(record, trackers)
-            if record["kind"] == "eval" and record["step"] in grids:
-                self.log_grid(grids[record["step"]], record["step"], trackers)
+            step = record["step"]
+            if (step, record["kind"]) not in held:
+                self.log(record, trackers)
+            if record["kind"] == "eval" and step in grids and (step, "samples") not in held:
+                self.log_grid(grids[step], step, trackers)
 
     def _open(self, name: str, run):
         """The accelerate tracker of that name for this run, offline, named by the store's run id."""
@@ -197,6 +205,15 @@ class Trackers:
                 uri = mlflow_uri(self.store)
                 places.append(f"{uri} (mlflow ui --backend-store-uri {uri})")
         return "tracker logs: " + "; ".join(places)
+
+
+def trackio_held(name: str) -> frozenset:
+    """The (step, kind) pairs trackio's database holds for the run: `train`, `eval`, `summary` from the metrics'
+    prefixes, `samples` for a grid."""
+    from trackio.sqlite_storage import SQLiteStorage
+
+    return frozenset((row["step"], key.split("/")[0]) for row in SQLiteStorage.get_logs(EXPERIMENT, name)
+                     for key in row if "/" in key or key == "samples")
 
 
 def export(run, names: str, params: dict) -> str:
