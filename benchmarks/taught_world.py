@@ -16,7 +16,8 @@ backend,
     at the end how much of the generator's move its teacher sees at KL-RLHF's time (shift_seen).
 With --committed the rows train on the committed teachers instead of teaching (the tests' teachers; with --batch 16
 these are the tests' runs).
-Both FDs are read on 128 samples a caption, whose floor (the FD of as many exact samples, about 0.6) is printed
+Both FDs are read on two samples a latent value for each caption (world_checks.taught_samples: 128 a caption, SD3's
+512), whose floor (the FD of as many exact samples, about 0.6; SD3's 2.1) is printed
 beside them, and their falls are measured above it. The criteria (issue: a learned world): the sampler's FD within
 twice its floor; DI++ at least halves its FD; KL-RLHF's reward within 10% of the start-to-p* gap and its FD to p*
 down by at least 60%.

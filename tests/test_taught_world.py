@@ -230,7 +230,7 @@ def test_the_guided_reference_score_is_the_worlds_along_the_line_between_caption
 
 
 # The methods' criteria on the VP families' committed teachers, 300 steps at batch 16 (the benchmark's table is at
-# batch 32; these halve the time and meet every criterion as it does). SD3's KL-RLHF does not yet (README, issue 20).
+# batch 32; these halve the time and meet every criterion as it does). SD3's slower runs are the benchmark's row.
 # DI++ on PixArt's DiT at the default generator rate oscillates (README): its DI++ runs at a third of it.
 MOVING = ["sd15", "pixart_alpha", "sdxl"]
 DI_PP_RATE = {"pixart_alpha": ["train.lr_gen=0.01"]}
