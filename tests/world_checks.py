@@ -60,10 +60,11 @@ def train(trainer: Trainer, steps: int | None = None) -> None:
 
 def taught_samples(trainer: Trainer) -> int:
     """How many samples a taught world's FDs are read on: two a latent value for each caption. The floor of the FD
-    of as many exact samples is then about a tenth of the distance from a one-step start in any latent size (0.6 for
-    SD1.5's 64 values, 128 a caption; SD3's 256 values read on 128 a caption had a floor of 11.2, more than half its
-    start of 21.0, and since that bias grows with the law's own spread, KL-RLHF's generator widening towards p*'s
-    read as falling 75% at step 100 and 55% at step 300, where 1,024 a caption read 69% and 76%)."""
+    of as many exact samples is then a small part of the distance from a one-step start in any latent size (0.6 of
+    2.6 to 5.0 for the VP families' 64 values, 128 a caption; 2.2 of 19 to 21 for SD3's 256, 512 a caption). Read on
+    128 a caption, SD3's floor was 11.2, more than half its start, and since that bias grows with the law's own
+    spread, KL-RLHF's generator widening towards p*'s read as falling 75% at step 100 and 55% at step 300, where
+    1,024 a caption read 69% and 76%."""
     return 2 * math.prod(trainer.backend.shape) * len(trainer.backend.captions)
 
 
