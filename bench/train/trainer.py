@@ -247,8 +247,10 @@ class Trainer:
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
 
     def unwrapped(self, module):
-        """The network itself, outside any data-parallel wrapper: the generator or the fake."""
-        return self.bare[module]
+        """The network itself, outside any data-parallel wrapper (the trainer's own two from `bare`; a network put in
+        their place, as tests of the fake score do with a generator of known law, unwrapped when asked)."""
+        bare = self.bare.get(module)
+        return bare if bare is not None else self.accelerator.unwrap_model(module)
 
     # -- batches ------------------------------------------------------------------------------------------
 
