@@ -17,7 +17,7 @@ backend,
 With --committed the rows train on the committed teachers instead of teaching (the tests' teachers; with --batch 16
 these are the tests' runs).
 Both FDs are read on two samples a latent value for each caption (world_checks.taught_samples: 128 a caption, SD3's
-512), whose floor (the FD of as many exact samples, about 0.6; SD3's 2.1) is printed
+512), whose floor (the FD of as many exact samples, about 0.6; SD3's 2.2) is printed
 beside them, and their falls are measured above it. The criteria (issue: a learned world): the sampler's FD within
 twice its floor; DI++ at least halves its FD; KL-RLHF's reward within 10% of the start-to-p* gap and its FD to p*
 down by at least 60%.
@@ -57,26 +57,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from world_checks import ema_metrics, exact_floor, guided_mean_shift, shift_towards
+from world_checks import DI_PP_RATE, ema_metrics, exact_floor, guided_mean_shift, shift_towards, trainer_on
 
 COMMITTED_TEACHERS = Path(__file__).resolve().parent.parent / "tests" / "teachers"
 GUIDED_WORLD = dict(prompts=2, components=1, s0=1.0)
 GUIDED_T = 0.2
-
-
-def trainer_on(folder: Path, family: str, *settings: str, batch: int = 32):
-    """A trainer through the family's real backend on a taught folder: latent linear reward, one thread."""
-    from bench.config import build_config
-    from bench.train.trainer import Trainer
-
-    return Trainer(build_config([f"backend={family}", f"backend.model={folder}", "reward=linear",
-                                 f"train.batch_size={batch}", "threads=1", *settings]), None, progress=False)
-
-
-# DI++ on PixArt's DiT at the default generator rate (0.03) oscillates: its FD fell 3.48 -> 1.66 by step 100, then
-# rose to 3.04 by step 300 (seed 0); at 0.01 it falls every hundred steps (3.06, 1.99, 1.39, 1.27 at 400). The other
-# families at 0.01 are slower (SDXL 1.80 at step 300 against 1.36), so the rate is the family's, printed in the row.
-DI_PP_RATE = {"pixart_alpha": 0.01}
 
 
 def train_on(folder: Path, family: str, method: str, alpha: float, steps: int, *settings: str, batch: int = 32):

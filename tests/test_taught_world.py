@@ -15,12 +15,12 @@ from diffusers import DiffusionPipeline
 
 from bench.analytic.world import load_mixture
 from bench.cli import main
-from bench.config import build_config
+from bench.config import TrainConfig, build_config
 from bench.teach import TeachConfig, exact_eps, recorded_settings, teach
 from bench.train.trainer import Trainer
 
 from conftest import bench
-from world_checks import ema_metrics, exact_floor
+from world_checks import DI_PP_RATE, ema_metrics, exact_floor, trainer_on
 
 FAMILIES = ["sd15", "pixart_alpha", "sdxl", "sd3"]
 # 100 updates: SD1.5's eps error at timesteps 600 to 900 is then at most 0.035 of the exact eps's mean square (0.017
@@ -233,14 +233,12 @@ def test_the_guided_reference_score_is_the_worlds_along_the_line_between_caption
 
 # The methods' criteria on the VP families' committed teachers, 300 steps at batch 16 (the benchmark's table is at
 # batch 32; these halve the time and meet every criterion as it does). SD3's slower runs are the benchmark's row.
-# DI++ on PixArt's DiT at the default generator rate oscillates (README): its DI++ runs at a third of it.
+# DI++ on PixArt's DiT runs at its own generator rate (world_checks.DI_PP_RATE), as in the benchmark.
 MOVING = ["sd15", "pixart_alpha", "sdxl"]
-DI_PP_RATE = {"pixart_alpha": ["train.lr_gen=0.01"]}
 
 
 def trainer_on_teacher(family: str, *settings: str) -> Trainer:
-    return Trainer(build_config([f"backend={family}", f"backend.model={TEACHERS / family}", "reward=linear",
-                                 "train.batch_size=16", "threads=1", *settings]), None, progress=False)
+    return trainer_on(TEACHERS / family, family, *settings, batch=16)
 
 
 @pytest.mark.parametrize("family", MOVING)
@@ -249,7 +247,8 @@ def test_di_pp_with_nothing_to_gain_halves_its_distance_from_the_denoiser_start(
     above the floor of as many exact samples, through the real backend (measured: SD1.5 2.63 -> 1.29, PixArt 3.48 ->
     1.59, SDXL 2.61 -> 1.29, each over a floor of 0.60: 66% down). With the eps-to-score sign flipped in the
     backend's ref_score, the same run on SD1.5's teacher of a world of s0 0.1 went from 1.9 to an FD of 1.6 million."""
-    trainer = trainer_on_teacher(family, "method=di_pp", "method.alpha_rew=0", *DI_PP_RATE.get(family, []))
+    trainer = trainer_on_teacher(family, "method=di_pp", "method.alpha_rew=0",
+                                 f"train.lr_gen={DI_PP_RATE.get(family, TrainConfig().lr_gen)}")
     floor, start = exact_floor(trainer)["fd_ref"], ema_metrics(trainer)["fd_ref"]
     for _ in range(300):
         trainer.step_once()
